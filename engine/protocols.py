@@ -1,0 +1,88 @@
+"""The small contracts between stages, in one place.
+
+Stage packages (``features``, ``rules``, ``models``) implement these structurally: they never
+import ``engine``, the engine only relies on the shapes below. Everything is batch-first: one call
+per micro-batch, arrays in and out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class FeatureStore(Protocol):
+    """Windowed velocity features kept server-side; one round trip per batch."""
+
+    @property
+    def feature_names(self) -> list[str]: ...
+
+    def update_batch(
+        self,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        amounts: FloatArray,
+        entities: Mapping[str, Sequence[str]],
+    ) -> FloatArray:
+        """Apply the batch (idempotent per event id); return an (n, n_features) matrix."""
+        ...
+
+
+class RuleHitLike(Protocol):
+    rule_id: str
+    action: str
+    reason: str
+
+
+class RuleSetLike(Protocol):
+    """A validated, versioned set of rules evaluated over a whole batch."""
+
+    @property
+    def version(self) -> str: ...
+
+    def evaluate_batch(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        features: FloatArray,
+        feature_names: Sequence[str],
+    ) -> list[list[Any]]:
+        """For each event, the rules that fired (objects shaped like :class:`RuleHitLike`)."""
+        ...
+
+
+class BatchScorer(Protocol):
+    """A trained model that scores a feature matrix (LightGBM champion or shadow)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def feature_names(self) -> list[str]: ...
+
+    def score_batch(self, features: FloatArray) -> FloatArray: ...
+
+    def explain_batch(
+        self, features: FloatArray, top: int = 3
+    ) -> list[list[tuple[str, float, float]]]:
+        """Top contributions per row: (feature name, value, contribution)."""
+        ...
+
+
+class OnlineLearner(Protocol):
+    """A model that scores every transaction and learns from labels as they arrive."""
+
+    @property
+    def version(self) -> str: ...
+
+    def score_batch(self, features: FloatArray) -> FloatArray: ...
+
+    def learn_batch(self, features: FloatArray, labels: Sequence[bool]) -> None: ...
+
+    def save(self, path: Path) -> None: ...

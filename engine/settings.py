@@ -1,0 +1,66 @@
+"""Runtime settings, read from ``RISKSTREAM_*`` environment variables.
+
+One object for every process (worker, CLI, tests) so that the same names configure the
+embedded stack, compose.yaml and production.
+
+>>> Settings(kafka_bootstrap="k:9092").kafka_bootstrap
+'k:9092'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+
+class Settings(BaseSettings):
+    """Every knob of riskstream; environment variable = ``RISKSTREAM_`` + upper-case name."""
+
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_", extra="ignore")
+
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    data_dir: Path = Path(".riskstream")
+
+    app_id: str = "riskstream"
+    topic_transactions: str = "transactions"
+    topic_events: str = "events"
+    topic_labels: str = "labels"
+    topic_scores: str = "scores"
+    topic_review: str = "review-queue"
+    topic_dead_letter: str = "dead-letter"
+    topic_partitions: int = Field(default=4, ge=1)
+
+    batch_size: int = Field(default=1000, ge=1)
+    batch_within_seconds: float = Field(default=0.05, gt=0)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+
+    rules_dir: Path = DEFAULT_RULES_DIR
+    review_threshold: float = Field(default=0.5, ge=0, le=1)
+    block_threshold: float = Field(default=0.9, ge=0, le=1)
+    review_queue_max: int = Field(default=100_000, ge=1)
+
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+
+    #: Key for keyed hashes of identifiers that must never be stored in clear.
+    hash_key: SecretStr = SecretStr("riskstream-dev-key-change-me")
+
+    def topics(self) -> list[str]:
+        """Every topic riskstream reads or writes (created at start when missing)."""
+        return [
+            self.topic_transactions, self.topic_events, self.topic_labels,
+            self.topic_scores, self.topic_review, self.topic_dead_letter,
+        ]  # fmt: skip
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
