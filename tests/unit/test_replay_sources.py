@@ -1,0 +1,202 @@
+"""Transaction files: identical round trips in every format, streaming reads, normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replay.simulate import simulate
+from replay.sources import file_format, iter_batches, read_transactions, write_transactions
+
+SUFFIXES = [".parquet", ".csv", ".jsonl", ".json", ".csv.gz", ".jsonl.gz"]
+
+
+@pytest.fixture(scope="module")
+def df() -> pd.DataFrame:
+    return simulate(days=3, seed=5, n_customers=800, n_merchants=150)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_round_trip_identical(df: pd.DataFrame, tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"tx{suffix}"
+    write_transactions(df, path)
+    back = read_transactions(path)
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+    assert back["ts"].dtype == np.int64
+    assert back["amount"].dtype == np.float64
+    assert back["is_fraud"].dtype == bool
+    assert back["event_id"].dtype == df["event_id"].dtype
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("batch_size", [1000, 4096])
+def test_iter_batches_cover_all_rows(
+    df: pd.DataFrame, tmp_path: Path, suffix: str, batch_size: int
+) -> None:
+    path = tmp_path / f"tx{suffix}"
+    write_transactions(df, path)
+    parts = list(iter_batches(path, batch_size))
+    assert all(0 < len(p) <= batch_size for p in parts)
+    assert sum(len(p) for p in parts) == len(df)
+    assert all(p.index[0] == 0 for p in parts)
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), df, check_exact=True)
+
+
+def test_parquet_is_streamed_by_row_group(df: pd.DataFrame, tmp_path: Path) -> None:
+    big = pd.concat([df] * 12, ignore_index=True)
+    big["event_id"] = [f"e{i}" for i in range(len(big))]
+    path = tmp_path / "big.parquet"
+    write_transactions(big, path)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 1
+    it = iter_batches(path, 500)
+    first = next(it)
+    assert len(first) == 500
+    assert first["event_id"].iloc[0] == "e0"
+    assert sum(len(p) for p in it) == len(big) - 500
+
+
+def test_file_format_by_suffix() -> None:
+    assert file_format("a/b.parquet") == "parquet"
+    assert file_format("x.PQ") == "parquet"
+    assert file_format("x.csv") == "csv"
+    assert file_format("x.csv.gz") == "csv"
+    assert file_format("x.jsonl") == file_format("x.json") == file_format("x.ndjson") == "jsonl"
+    for bad in ("x.txt", "x", "x.gz", "x.parquet.gz"):
+        with pytest.raises(ValueError, match="unknown transaction file type"):
+            file_format(bad)
+
+
+def test_write_creates_parent_directories(df: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "tx.parquet"
+    write_transactions(df.head(10), path)
+    assert len(read_transactions(path)) == 10
+
+
+def test_jsonl_is_one_object_per_line(df: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "tx.jsonl"
+    write_transactions(df.head(5), path)
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 5
+    first = orjson.loads(lines[0])
+    assert first["event_id"] == df["event_id"].iloc[0]
+    assert isinstance(first["ts"], int)
+    assert isinstance(first["is_fraud"], bool)
+
+
+def test_text_that_looks_numeric_stays_text(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "event_id": ["001", "2"],
+            "ts": [1_767_225_600_000, 1_767_225_600_001],
+            "card_id": ["c1", "c2"],
+            "merchant_id": ["00042", "NA"],
+            "amount": [0.1 + 0.2, 12.5],
+            "mcc": ["0742", "5411"],
+            "country": ["NA", "DE"],
+            "fraud_pattern": ["", "card_testing"],
+            "is_fraud": [False, True],
+        }
+    )
+    frame = read_transactions(_write(frame, tmp_path / "src.parquet"))
+    for suffix in (".csv", ".jsonl"):
+        back = read_transactions(_write(frame, tmp_path / f"t{suffix}"))
+        pd.testing.assert_frame_equal(back, frame, check_exact=True)
+        assert back["mcc"].tolist() == ["0742", "5411"]
+        assert back["country"].tolist() == ["NA", "DE"]
+
+
+def test_awkward_text_round_trips(tmp_path: Path) -> None:
+    values = ["a\rb", "c\r\nd", "e\nf", 'x"y,z', " lead ", "nan", "None", "null", "\u2028", "é€"]
+    n = len(values)
+    frame = pd.DataFrame(
+        {
+            "event_id": values,
+            "ts": np.arange(n, dtype=np.int64) + 1_767_225_600_000,
+            "card_id": ["c"] * n,
+            "merchant_id": values[::-1],
+            "amount": np.full(n, 9.99),
+        }
+    )
+    frame = read_transactions(_write(frame, tmp_path / "src.parquet"))
+    for suffix in (".csv", ".jsonl", ".csv.gz"):
+        back = read_transactions(_write(frame, tmp_path / f"t{suffix}"))
+        pd.testing.assert_frame_equal(back, frame, check_exact=True)
+        batches = list(iter_batches(tmp_path / f"t{suffix}", 3))
+        pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), frame)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    write_transactions(frame, path)
+    return path
+
+
+def test_iso_timestamps_missing_fields_and_unknown_columns(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'{"event_id":"e1","ts":"2026-01-01T01:00:00+01:00","card_id":"c1","merchant_id":"m1",'
+        b'"amount":5,"extra":{"k":1}}\n'
+        b"\n"
+        b'{"event_id":"e2","ts":"2026-01-01T00:00:01Z","card_id":"c2","merchant_id":"m1",'
+        b'"amount":7.25,"device_id":"d9","extra":null}\n'
+    )
+    out = read_transactions(path)
+    assert out["ts"].tolist() == [1_767_225_600_000, 1_767_225_601_000]
+    assert out["ts"].dtype == np.int64
+    assert out["amount"].dtype == np.float64
+    assert out["device_id"].isna().tolist() == [True, False]
+    assert out["extra"].tolist()[0] == {"k": 1}
+
+    csv = tmp_path / "in.csv"
+    csv.write_text("event_id,ts,card_id,merchant_id,amount\ne1,2026-01-01T00:00:00Z,c1,m1,3\n")
+    assert read_transactions(csv)["ts"].tolist() == [1_767_225_600_000]
+
+
+text = st.text(
+    st.one_of(st.characters(exclude_categories=["Cs"]), st.sampled_from('\r\n",')), max_size=12
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            text,
+            st.integers(946_684_800_000, 4_102_444_799_999),
+            st.floats(min_value=1e-6, max_value=1e9, allow_nan=False),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_round_trip_arbitrary_values(
+    tmp_path: Path, rows: list[tuple[str, int, float, bool]]
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(len(rows))],
+            "ts": np.array([r[1] for r in rows], dtype=np.int64),
+            "card_id": [r[0] for r in rows],
+            "merchant_id": ["m"] * len(rows),
+            "amount": [r[2] for r in rows],
+            "is_fraud": [r[3] for r in rows],
+        }
+    )
+    frame = read_transactions(_write(frame, tmp_path / "h.parquet"))
+    for suffix in (".csv", ".jsonl"):
+        back = read_transactions(_write(frame, tmp_path / f"h{suffix}"))
+        pd.testing.assert_frame_equal(back, frame, check_exact=True)
+
+
+def test_bad_batch_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter_batches(tmp_path / "x.parquet", 0))
