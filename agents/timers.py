@@ -1,0 +1,17 @@
+"""Timers: pick up a newly promoted champion, checkpoint the online model."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.worker_runtime import Runtime
+
+
+def register(rt: Runtime) -> None:
+    @rt.app.timer(2.0)
+    async def refresh_models() -> None:
+        await asyncio.to_thread(rt.locked, rt.service.refresh_models, rt.settings.models_dir)
+
+    @rt.app.timer(30.0)
+    async def checkpoint_online_model() -> None:
+        await asyncio.to_thread(rt.locked, rt.service.checkpoint)

@@ -1,0 +1,51 @@
+"""The Faust application factory: topics as raw bytes, the worker's web server with /metrics.
+
+Values are consumed as raw bytes (``value_serializer='raw'``): Faust acks messages its own
+deserializer cannot decode, so decoding and validation happen in :mod:`engine.schemas`, where a
+bad message becomes a dead letter instead of vanishing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from engine.metrics import exposition
+from engine.settings import Settings
+
+
+def create_app(settings: Settings, **overrides: Any) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        table_cleanup_interval=3600.0,
+        broker_commit_every=settings.batch_size,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+        datadir=str(settings.data_dir / "faust"),
+        **overrides,
+    )
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body, _ = exposition()
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def topic(app: faust.App, name: str, settings: Settings) -> Any:
+    """A raw-bytes topic handle with the configured partition count."""
+    return app.topic(
+        name, value_serializer="raw", key_serializer="raw", partitions=settings.topic_partitions
+    )

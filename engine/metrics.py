@@ -1,0 +1,87 @@
+"""Prometheus metrics, named as DESIGN.md says (base units, ``_total``, ``_seconds``).
+
+No label ever carries a card, customer or event id: cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+EVENTS = Counter(
+    "riskstream_events_total",
+    "Messages consumed, by topic and outcome (valid, invalid, duplicate_label).",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "riskstream_decisions_total", "Decisions emitted, by kind.", ["decision"], registry=REGISTRY
+)
+DECISION_LATENCY = Histogram(
+    "riskstream_decision_latency_seconds",
+    "From the event's Kafka timestamp (arrival) to its decision being emitted.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "riskstream_stage_seconds",
+    "Wall time of one pipeline stage over one batch.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+    registry=REGISTRY,
+)
+DEAD_LETTER = Counter(
+    "riskstream_dead_letter_total",
+    "Messages sent to the dead-letter topic, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+REVIEW_QUEUE_DEPTH = Gauge(
+    "riskstream_review_queue_depth", "Open cases in the review queue.", registry=REGISTRY
+)
+MODEL_INFO = Gauge(
+    "riskstream_model_info",
+    "1 for each loaded model version and its role (champion, shadow, online).",
+    ["version", "role"],
+    registry=REGISTRY,
+)
+MODEL_AVERAGE_PRECISION = Gauge(
+    "riskstream_model_average_precision",
+    "Rolling average precision of a model version against arrived labels.",
+    ["version"],
+    registry=REGISTRY,
+)
+DEGRADED_DECISIONS = Counter(
+    "riskstream_degraded_decisions_total",
+    "Decisions made without the champion model (rules only), by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+BATCH_RETRIES = Counter(
+    "riskstream_batch_retries_total",
+    "Batches retried after a processing error (nothing is acked until they succeed).",
+    ["topic"],
+    registry=REGISTRY,
+)
+LABELS_LEARNED = Counter(
+    "riskstream_labels_learned_total",
+    "Labels learned by the online model (each event_id once).",
+    registry=REGISTRY,
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition body and its content type, for /metrics."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

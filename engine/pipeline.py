@@ -1,0 +1,195 @@
+"""The scoring pipeline as a plain library: a batch of validated transactions in, decisions out.
+
+No Faust and no Kafka here: the worker, replay, training and most tests run this same code, which
+is what keeps live and replayed decisions identical. Every stage works on the whole batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.policy import ALLOW, Policy
+from engine.protocols import BatchScorer, FeatureStore, FloatArray, OnlineLearner, RuleSetLike
+
+log = logging.getLogger(__name__)
+
+#: Event fields a feature spec may key on; passed to the store for every batch.
+ENTITY_FIELDS = ("card_id", "merchant_id", "customer_id", "device_id", "ip")
+STAGES = ("decode", "features", "rules", "model", "emit")
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the engine decided about one transaction, and why (the ``scores`` record)."""
+
+    event_id: str
+    card_id: str
+    ts: int
+    amount: float
+    score: float
+    decision: str
+    reasons: list[str]
+    rule_set: str
+    model: str
+    shadow: dict[str, float]
+    mode: str = "normal"
+    contributions: list[dict[str, Any]] = field(default_factory=list)
+    scored_at: float = 0.0
+    latency_ms: float = 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "card_id": self.card_id,
+            "ts": self.ts,
+            "scored_at": self.scored_at,
+            "score": self.score,
+            "decision": self.decision,
+            "reasons": self.reasons,
+            "rule_set": self.rule_set,
+            "model": self.model,
+            "shadow": self.shadow,
+            "mode": self.mode,
+            "contributions": self.contributions,
+            "amount": self.amount,
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass(slots=True)
+class ScoredBatch:
+    """Decisions of one batch, with the feature matrix they were made from and stage timings."""
+
+    decisions: list[Decision]
+    features: FloatArray
+    feature_names: list[str]
+    stage_seconds: dict[str, float]
+
+
+class Pipeline:
+    """features → rules → champion model (+ online model, shadows) → policy, for a whole batch."""
+
+    def __init__(
+        self,
+        features: FeatureStore,
+        rules: RuleSetLike,
+        policy: Policy,
+        champion: BatchScorer | None = None,
+        online: OnlineLearner | None = None,
+        shadows: Sequence[BatchScorer] = (),
+    ) -> None:
+        self.features = features
+        self.rules = rules
+        self.policy = policy
+        self.champion = champion
+        self.online = online
+        self.shadows = list(shadows)
+
+    def score_batch(self, records: Sequence[dict[str, Any]]) -> ScoredBatch:
+        """Score validated records (as :func:`engine.schemas.decode_batch` produces them)."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        n = len(records)
+        event_ids = [r["event_id"] for r in records]
+        ts_ms = np.fromiter((r["ts"] for r in records), dtype=np.int64, count=n)
+        amounts = np.fromiter((r["amount"] for r in records), dtype=np.float64, count=n)
+        entities = {f: [r.get(f) or "" for r in records] for f in ENTITY_FIELDS}
+        names = self.features.feature_names
+        x = self.features.update_batch(event_ids, ts_ms, amounts, entities)
+        t1 = time.perf_counter()
+        timings["features"] = t1 - t0
+
+        hits = self.rules.evaluate_batch(records, x, names)
+        t2 = time.perf_counter()
+        timings["rules"] = t2 - t1
+
+        scores, model_version, mode, explain = self._champion_scores(x, names)
+        shadow: dict[str, FloatArray] = {}
+        if self.online is not None:
+            shadow[self.online.version] = self.online.score_batch(x)
+        for s in self.shadows:
+            try:
+                shadow[s.version] = s.score_batch(_columns(x, names, s.feature_names))
+            except Exception:  # a shadow never takes the batch down
+                log.exception("shadow %s failed", s.version)
+        timings["model"] = time.perf_counter() - t2
+
+        decisions: list[Decision] = []
+        rule_set = self.rules.version
+        decide = self.policy.decide
+        for i, rec in enumerate(records):
+            score = float(scores[i])
+            decision, reasons = decide(score, hits[i])
+            if mode != "normal":
+                reasons.append(mode)
+            decisions.append(
+                Decision(
+                    event_id=event_ids[i],
+                    card_id=rec["card_id"],
+                    ts=int(ts_ms[i]),
+                    amount=float(amounts[i]),
+                    score=score,
+                    decision=decision,
+                    reasons=reasons,
+                    rule_set=rule_set,
+                    model=model_version,
+                    shadow={v: float(a[i]) for v, a in shadow.items()},
+                    mode="normal" if mode == "normal" else "degraded",
+                )
+            )
+        if explain is not None:
+            self._explain(decisions, explain, x, names)
+        return ScoredBatch(decisions, x, list(names), timings)
+
+    def _champion_scores(
+        self, x: FloatArray, names: Sequence[str]
+    ) -> tuple[FloatArray, str, str, BatchScorer | None]:
+        """Champion scores, or zeros with a degraded reason; never raises."""
+        champion = self.champion
+        if champion is None:
+            return np.zeros(len(x)), "none", "degraded:model_unavailable", None
+        try:
+            cols = _columns(x, names, champion.feature_names)
+        except KeyError as exc:
+            log.error("champion %s needs features the store lacks: %s", champion.version, exc)
+            return np.zeros(len(x)), champion.version, "degraded:feature_mismatch", None
+        try:
+            return champion.score_batch(cols), champion.version, "normal", champion
+        except Exception:
+            log.exception("champion %s failed to score; rules only", champion.version)
+            return np.zeros(len(x)), champion.version, "degraded:model_error", None
+
+    @staticmethod
+    def _explain(
+        decisions: list[Decision], model: BatchScorer, x: FloatArray, names: Sequence[str]
+    ) -> None:
+        """Top-3 contributions on review/block decisions only (pred_contrib is not free)."""
+        idx = [i for i, d in enumerate(decisions) if d.decision != ALLOW]
+        if not idx:
+            return
+        try:
+            tops = model.explain_batch(_columns(x[idx], names, model.feature_names), top=3)
+        except Exception:
+            log.exception("explanations failed for model %s", model.version)
+            return
+        for i, top in zip(idx, tops, strict=True):
+            d = decisions[i]
+            d.contributions = [{"feature": f, "value": v, "contribution": c} for f, v, c in top]
+            d.reasons.extend(f"model:{f}" for f, _, c in top if c > 0)
+
+
+def _columns(x: FloatArray, have: Sequence[str], want: Sequence[str]) -> FloatArray:
+    """``x`` with its columns reordered from ``have`` to ``want`` (KeyError if one is missing)."""
+    if list(have) == list(want):
+        return x
+    pos = {n: i for i, n in enumerate(have)}
+    missing = [n for n in want if n not in pos]
+    if missing:
+        raise KeyError(", ".join(missing))
+    return x[:, [pos[n] for n in want]]

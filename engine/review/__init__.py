@@ -1,0 +1,1 @@
+"""Review cases: the Redis-backed queue analysts work from."""

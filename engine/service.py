@@ -1,0 +1,275 @@
+"""The scoring service: decode → pipeline → emit, per topic, for one batch of raw messages.
+
+Agents hand it raw batches and do nothing else; replay and the benchmarks call it directly with a
+:class:`~engine.sinks.MemorySink`. A batch method either finishes (all outputs flushed, so the
+caller may ack) or raises (the caller must retry and not ack).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+
+from engine import metrics
+from engine.pipeline import Pipeline, ScoredBatch
+from engine.policy import REVIEW
+from engine.review.store import QUEUE_KEY, add_cases
+from engine.schemas import (
+    ACCOUNT_EVENT,
+    LABEL,
+    TRANSACTION,
+    DeadLetter,
+    RawMessage,
+    decode_batch,
+    processing_failures,
+)
+from engine.settings import Settings
+from engine.sinks import KafkaSink, MemorySink, NullSink
+
+log = logging.getLogger(__name__)
+
+FEATURE_LOG_PREFIX = "rs:fv:"
+LABEL_SEEN_PREFIX = "rs:label:"
+ACCOUNT_PREFIX = "rs:acct:"
+
+
+@dataclass
+class BatchReport:
+    """What one batch did (also what the demo and bench add up)."""
+
+    valid: int = 0
+    dead: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    scored: ScoredBatch | None = None
+    latencies: list[float] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    learned: int = 0
+
+
+class ScoringService:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        client: redis.Redis,
+        sink: KafkaSink | MemorySink | NullSink,
+        feature_log_ttl_seconds: int = 30 * 86400,
+        live: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.redis = client
+        self.sink = sink
+        self.feature_log_ttl = feature_log_ttl_seconds
+        #: A live service queues review cases and records feature vectors for labels; a warm-up
+        #: or backtest replay (live=False) only advances the feature state and emits decisions.
+        self.live = live
+        self._models_checked = 0.0
+        self._champion_version = pipeline.champion.version if pipeline.champion else None
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def process_transactions(self, messages: Sequence[RawMessage]) -> BatchReport:
+        t0 = time.perf_counter()
+        decoded = decode_batch(messages, TRANSACTION, self.settings.max_payload_bytes)
+        report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
+        t1 = time.perf_counter()
+        scored: ScoredBatch | None = None
+        if decoded.records:
+            scored = self.pipeline.score_batch(decoded.records)
+        t2 = time.perf_counter()
+        self._emit_dead(decoded.dead, self.settings.topic_transactions)
+        if scored is not None:
+            self._emit_decisions(scored, decoded.records, decoded.arrived_at, report)
+        self.sink.flush()
+        t3 = time.perf_counter()
+        now = time.time()
+        if scored is not None:
+            report.scored = scored
+            report.latencies = [now - a for a in decoded.arrived_at]
+            for lat in report.latencies:
+                metrics.DECISION_LATENCY.observe(lat)
+            report.stage_seconds = dict(scored.stage_seconds)
+        report.stage_seconds["decode"] = t1 - t0
+        report.stage_seconds["emit"] = t3 - t2
+        for stage, secs in report.stage_seconds.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(secs)
+        metrics.EVENTS.labels(self.settings.topic_transactions, "valid").inc(report.valid)
+        metrics.EVENTS.labels(self.settings.topic_transactions, "invalid").inc(report.dead)
+        return report
+
+    def _emit_decisions(
+        self,
+        scored: ScoredBatch,
+        records: Sequence[dict[str, Any]],
+        arrived_at: Sequence[float],
+        report: BatchReport,
+    ) -> None:
+        s = self.settings
+        send = self.sink.send
+        dumps = orjson.dumps
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        cases: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        x = np.ascontiguousarray(scored.features, dtype=np.float64)
+        ttl = self.feature_log_ttl
+        live = self.live
+        for i, d in enumerate(scored.decisions):
+            d.scored_at = now
+            d.latency_ms = (now - arrived_at[i]) * 1000.0
+            rec = d.to_record()
+            key = d.card_id.encode()
+            send(s.topic_scores, key, dumps(rec))
+            counts[d.decision] = counts.get(d.decision, 0) + 1
+            if not live:
+                continue
+            pipe.set(FEATURE_LOG_PREFIX + d.event_id, x[i].tobytes(), ex=ttl)
+            if d.decision == REVIEW:
+                txn = records[i]
+                # A case a rule raised is at least as likely as one at the review threshold,
+                # so rules-only cases (score 0 in degraded mode) still rank by amount.
+                p_fraud = max(d.score, s.review_threshold)
+                case = {
+                    **rec,
+                    "expected_loss": p_fraud * d.amount,
+                    "merchant_id": txn.get("merchant_id"),
+                    "transaction": txn,
+                    "features": dict(zip(scored.feature_names, x[i].tolist(), strict=True)),
+                }
+                cases.append(case)
+                send(s.topic_review, key, dumps(case))
+        add_cases(pipe, cases)
+        pipe.zcard(QUEUE_KEY)
+        depth = pipe.execute()[-1]
+        metrics.REVIEW_QUEUE_DEPTH.set(depth)
+        for decision, n in counts.items():
+            metrics.DECISIONS.labels(decision).inc(n)
+        for d in scored.decisions:
+            if d.mode != "normal":
+                metrics.DEGRADED_DECISIONS.labels(d.reasons[-1].split(":", 1)[-1]).inc()
+                break
+        report.decisions = counts
+
+    def _emit_dead(self, dead: Sequence[DeadLetter], topic: str) -> None:
+        send = self.sink.send
+        for d in dead:
+            send(self.settings.topic_dead_letter, None, orjson.dumps(d.to_record()))
+            metrics.DEAD_LETTER.labels(d.reason).inc()
+            log.warning(
+                "dead letter from %s[%s]@%s: %s",
+                topic,
+                d.message.partition,
+                d.message.offset,
+                d.reason,
+            )
+
+    def dead_letter_all(self, messages: Sequence[RawMessage], detail: str) -> None:
+        """Route a batch that keeps failing to the dead-letter topic, so nothing is lost."""
+        dead = processing_failures(messages, detail)
+        self._emit_dead(dead, messages[0].topic if messages else "?")
+        self.sink.flush()
+
+    # -- account events -----------------------------------------------------------------------
+
+    def process_events(self, messages: Sequence[RawMessage]) -> BatchReport:
+        """Validate account events and keep, per customer/card, the last time of each type."""
+        decoded = decode_batch(messages, ACCOUNT_EVENT, self.settings.max_payload_bytes)
+        self._emit_dead(decoded.dead, self.settings.topic_events)
+        if decoded.records:
+            pipe = self.redis.pipeline(transaction=False)
+            for r in decoded.records:
+                owner = r.get("customer_id") or r.get("card_id")
+                key = f"{ACCOUNT_PREFIX}{owner}"
+                pipe.hset(key, r["type"], r["ts"])
+                pipe.expire(key, 90 * 86400)
+            pipe.execute()
+        self.sink.flush()
+        metrics.EVENTS.labels(self.settings.topic_events, "valid").inc(len(decoded.records))
+        metrics.EVENTS.labels(self.settings.topic_events, "invalid").inc(len(decoded.dead))
+        return BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
+
+    # -- labels -------------------------------------------------------------------------------
+
+    def process_labels(self, messages: Sequence[RawMessage]) -> BatchReport:
+        """Teach the online model each label once, from the features recorded at scoring time."""
+        decoded = decode_batch(messages, LABEL, self.settings.max_payload_bytes)
+        self._emit_dead(decoded.dead, self.settings.topic_labels)
+        report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
+        topic = self.settings.topic_labels
+        if decoded.records:
+            records = decoded.records
+            vectors = self.redis.mget([FEATURE_LOG_PREFIX + r["event_id"] for r in records])
+            known = [(r, v) for r, v in zip(records, vectors, strict=True) if v is not None]
+            unknown = len(records) - len(known)
+            # Only labels of scored events are marked as seen: an early label can come again.
+            pipe = self.redis.pipeline(transaction=False)
+            for r, _ in known:
+                pipe.set(LABEL_SEEN_PREFIX + r["event_id"], b"1", nx=True, ex=400 * 86400)
+            firsts = pipe.execute() if known else []
+            rows: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+            ys: list[bool] = []
+            duplicates = 0
+            for (r, vector), first in zip(known, firsts, strict=True):
+                if not first:
+                    duplicates += 1
+                else:
+                    buf = vector.encode("latin-1") if isinstance(vector, str) else vector
+                    rows.append(np.frombuffer(buf, dtype=np.float64))
+                    ys.append(bool(r["is_fraud"]))
+            online = self.pipeline.online
+            if rows and online is not None:
+                width = len(self.pipeline.features.feature_names)
+                keep = [k for k, row in enumerate(rows) if len(row) == width]
+                if keep:
+                    online.learn_batch(np.vstack([rows[k] for k in keep]), [ys[k] for k in keep])
+                    report.learned = len(keep)
+                    metrics.LABELS_LEARNED.inc(len(keep))
+            metrics.EVENTS.labels(topic, "duplicate").inc(duplicates)
+            metrics.EVENTS.labels(topic, "unknown_event").inc(unknown)
+            metrics.EVENTS.labels(topic, "valid").inc(len(decoded.records) - duplicates - unknown)
+        metrics.EVENTS.labels(topic, "invalid").inc(len(decoded.dead))
+        self.sink.flush()
+        return report
+
+    def checkpoint(self) -> None:
+        """Save the online model so a restarted worker keeps what it learned."""
+        online = self.pipeline.online
+        if online is not None:
+            online.save(self.settings.checkpoints_dir / "online.pkl")
+
+    # -- models -------------------------------------------------------------------------------
+
+    def refresh_models(self, registry_root: Path, every_seconds: float = 2.0) -> bool:
+        """Switch to a newly promoted champion between batches; True when it changed."""
+        now = time.monotonic()
+        if now - self._models_checked < every_seconds:
+            return False
+        self._models_checked = now
+        from models.registry import ModelRegistry
+
+        registry = ModelRegistry(registry_root)
+        try:
+            version = registry.champion_version()
+            if version is None or version == self._champion_version:
+                return False
+            scorer = registry.load(version)
+        except Exception:
+            log.exception("could not load the promoted champion; keeping the current one")
+            return False
+        old = self._champion_version
+        self.pipeline.champion = scorer
+        self._champion_version = version
+        if old:
+            metrics.MODEL_INFO.labels(old, "champion").set(0)
+        metrics.MODEL_INFO.labels(version, "champion").set(1)
+        log.info("champion model is now %s (was %s)", version, old)
+        return True

@@ -1,0 +1,82 @@
+"""What a worker process holds: settings, the Faust app, the scoring service, and the batch
+runner that turns "the agent raised" into "retry, then dead-letter", never into a silent ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from engine import metrics
+from engine.schemas import RawMessage
+from engine.service import BatchReport, ScoringService
+from engine.settings import Settings
+from engine.sinks import SinkError
+
+log = logging.getLogger(__name__)
+
+#: Errors of the infrastructure: retried until they pass (the data is fine, a server is not).
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, SinkError, ConnectionError, TimeoutError)
+
+
+def to_raw(event: Any) -> RawMessage:
+    """A Faust event as a :class:`RawMessage` (value bytes + topic/partition/offset/timestamp)."""
+    m = event.message
+    value = m.value if isinstance(m.value, bytes) else bytes(m.value or b"")
+    ts = int(m.timestamp * 1000) if m.timestamp else None
+    return RawMessage(value, m.topic, m.partition, m.offset, ts)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    app: Any
+    service: ScoringService
+    max_attempts: int = 5
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` holding the worker's lock: one batch at a time (River is not thread-safe)."""
+        with self.lock:
+            return fn(*args)
+
+    async def run_batch(
+        self, fn: Callable[[Sequence[RawMessage]], BatchReport], events: Sequence[Any], topic: str
+    ) -> None:
+        """Process a batch until it succeeds; only then may Faust ack it.
+
+        Transient errors (Redis or Kafka unreachable) are retried forever with backoff. Any
+        other error is retried ``max_attempts`` times, then the batch goes to the dead-letter
+        topic with reason ``processing_error``: it is kept, not skipped.
+        """
+        msgs = [to_raw(e) for e in events]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await asyncio.to_thread(self.locked, fn, msgs)
+                return
+            except TRANSIENT as exc:
+                log.warning("batch of %d from %s: %s; retrying", len(msgs), topic, exc)
+            except Exception as exc:
+                log.exception("batch of %d from %s failed (attempt %d)", len(msgs), topic, attempt)
+                if attempt >= self.max_attempts:
+                    detail = f"{type(exc).__name__}: {exc}"[:500]
+                    await self._dead_letter(msgs, detail)
+                    return
+            metrics.BATCH_RETRIES.labels(topic).inc()
+            await asyncio.sleep(min(10.0, 0.25 * 2 ** min(attempt, 6)))
+
+    async def _dead_letter(self, msgs: Sequence[RawMessage], detail: str) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.service.dead_letter_all, msgs, detail)
+                return
+            except Exception:
+                log.exception("could not write %d messages to dead-letter; retrying", len(msgs))
+                await asyncio.sleep(2.0)
