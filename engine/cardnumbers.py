@@ -18,8 +18,12 @@ import re
 _RUN = r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])"
 _PAN_STR = re.compile(_RUN)
 _PAN_BYTES = re.compile(_RUN.encode())
-_QUICK = re.compile(rb"[0-9][0-9 -]{11,}[0-9]")
+#: Cheap scan for stretches of digits, spaces and dashes long enough to hold a PAN.
+_CANDIDATE = re.compile(rb"[0-9][0-9 -]{11,}[0-9]")
 REDACTED = "[REDACTED-PAN]"
+#: Byte translation for the doubled Luhn positions: digit d -> digit sum of 2d, as ASCII.
+_DOUBLED = bytes.maketrans(b"0123456789", b"0246813579")
+_SEPARATORS = b" -"
 
 
 def luhn_valid(digits: str) -> bool:
@@ -35,9 +39,19 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _luhn_ascii(digits: bytes) -> bool:
+    """Luhn over ASCII digits without a Python-level loop (runs on every message)."""
+    odd, even = digits[-1::-2], digits[-2::-2].translate(_DOUBLED)
+    return (sum(odd) + sum(even) - 48 * len(digits)) % 10 == 0
+
+
+def _is_pan_bytes(run: bytes) -> bool:
+    digits = run.translate(None, _SEPARATORS)
+    return 13 <= len(digits) <= 19 and _luhn_ascii(digits)
+
+
 def _is_pan(run: str) -> bool:
-    digits = run.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    return _is_pan_bytes(run.encode())
 
 
 def contains_pan(text: str) -> bool:
@@ -46,14 +60,24 @@ def contains_pan(text: str) -> bool:
 
 
 def may_contain_pan(raw: bytes) -> bool:
-    """Cheap pre-filter over raw bytes: False means no PAN can be in there."""
-    return _QUICK.search(raw) is not None
+    """Pre-filter over raw bytes: False means no Luhn-valid 13-19 digit run is anywhere in there.
+
+    True may still be a harmless number (an epoch-ms timestamp is 13 digits), so callers then
+    look at the decoded fields; most messages stop here.
+    """
+    for cand in _CANDIDATE.finditer(raw):
+        run = cand.group()
+        if run.isdigit():  # the common case (timestamps, ids): one plain run of digits
+            if _is_pan_bytes(run):
+                return True
+            continue
+        if any(_is_pan_bytes(m.group()) for m in _PAN_BYTES.finditer(run)):
+            return True
+    return False
 
 
 def redact_pans(raw: bytes) -> bytes:
     """Replace every card number in ``raw`` by a marker; everything else is kept."""
-    if not may_contain_pan(raw):
-        return raw
     return _PAN_BYTES.sub(
-        lambda m: REDACTED.encode() if _is_pan(m.group().decode()) else m.group(), raw
+        lambda m: REDACTED.encode() if _is_pan_bytes(m.group()) else m.group(), raw
     )
