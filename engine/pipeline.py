@@ -102,9 +102,21 @@ class Pipeline:
         entities = {f: [r.get(f) or "" for r in records] for f in ENTITY_FIELDS}
         names = self.features.feature_names
         x = self.features.update_batch(event_ids, ts_ms, amounts, entities)
-        t1 = time.perf_counter()
-        timings["features"] = t1 - t0
+        timings["features"] = time.perf_counter() - t0
+        return self.decide_batch(records, x, names, timings)
 
+    def decide_batch(
+        self,
+        records: Sequence[dict[str, Any]],
+        x: FloatArray,
+        names: Sequence[str],
+        timings: dict[str, float] | None = None,
+    ) -> ScoredBatch:
+        """Rules, models and policy over features already computed (live, or a backtest that
+        computed the feature log once and scores it with a model trained afterwards)."""
+        timings = {} if timings is None else timings
+        t1 = time.perf_counter()
+        event_ids = [r["event_id"] for r in records]
         hits = self.rules.evaluate_batch(records, x, names)
         t2 = time.perf_counter()
         timings["rules"] = t2 - t1
@@ -132,8 +144,8 @@ class Pipeline:
                 Decision(
                     event_id=event_ids[i],
                     card_id=rec["card_id"],
-                    ts=int(ts_ms[i]),
-                    amount=float(amounts[i]),
+                    ts=int(rec["ts"]),
+                    amount=float(rec["amount"]),
                     score=score,
                     decision=decision,
                     reasons=reasons,

@@ -85,6 +85,8 @@ class EmbeddedStack:
     redis_port: int = 0
     kafka_port: int = 0
     log_dir: Path | None = None
+    #: False starts Valkey only (replay, training and backtests need no broker).
+    with_kafka: bool = True
     redis_url: str = ""
     kafka_bootstrap: str = ""
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -95,7 +97,8 @@ class EmbeddedStack:
         self.log_dir = log_dir
         try:
             self._start_redis(log_dir)
-            self._start_kafka(log_dir)
+            if self.with_kafka:
+                self._start_kafka(log_dir)
         except BaseException:
             self.stop()
             raise
