@@ -1,0 +1,47 @@
+"""Backtest on a small simulated file against a real Redis-protocol server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from engine.settings import Settings
+from replay.backtest import DAY_MS, Period, parse_time, run_backtest
+from replay.simulate import simulate
+from replay.sources import write_transactions
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_backtest_scores_every_test_transaction_and_writes_reports(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    df = simulate(days=12, seed=2, n_customers=400, n_merchants=120)
+    path = tmp_path / "tx.parquet"
+    write_transactions(df, path)
+    t0 = parse_time("2026-01-01")
+    period = Period(t0, t0 + 7 * DAY_MS, t0 + 9 * DAY_MS, t0 + 12 * DAY_MS)
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path / "data")
+    report = run_backtest(settings, path, period, tmp_path / "out", label_delay_ms=2 * DAY_MS)
+
+    for key in ("auc_roc", "average_precision", "card_precision_at_100", "n_test",
+                "n_test_frauds", "events_per_second"):  # fmt: skip
+        assert key in report
+    in_test = df[(df["ts"] >= period.test_start) & (df["ts"] < period.test_end)]
+    preds = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert list(preds.columns) == ["event_id", "score", "decision"]
+    assert sorted(preds["event_id"]) == sorted(in_test["event_id"])
+    assert report["n_test"] == len(in_test)
+    assert report["n_test_frauds"] == int(in_test["is_fraud"].sum())
+    assert 0.5 < report["auc_roc"] <= 1.0
+    assert set(preds["decision"]) <= {"allow", "review", "block"}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("<img") >= 3 and "average_precision" in html
+
+
+def test_parse_time() -> None:
+    assert parse_time("2018-04-01") == 1522540800000
+    assert parse_time("1522540800000") == 1522540800000
