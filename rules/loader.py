@@ -6,6 +6,8 @@ a mapping with ``rules:`` (a list of rules) and/or ``lists:`` (named lists usabl
 
     lists:
       high_risk_countries: [NG, KP, IR]
+      blocked_bins: {file: lists/blocked_bins.txt}          # one value per line
+      blocked_cards: {source: redis, key: rs:list:blocked_cards}   # a Redis set, polled
     rules:
       - id: card_testing_burst
         description: Many small authorisations on one card within an hour.
@@ -18,9 +20,12 @@ a mapping with ``rules:`` (a list of rules) and/or ``lists:`` (named lists usabl
         examples:                 # optional, checked at load
           - {txn: {amount: 1.0}, f: {card_id_count_1h: 9}, fires: true}
 
+``lists/*.txt`` files of the directory are lists too (see :mod:`rules.lists`).
+
 Everything wrong with the set is collected and raised at once as a :class:`RuleSetError`, one
 line per problem naming the file, line, rule and (for conditions) the position in the condition.
-The version is a content hash of the files, so it changes exactly when a file does.
+The version is a content hash of the rule files and list files, so it changes exactly when one
+does.
 """
 
 from __future__ import annotations
@@ -35,14 +40,20 @@ from typing import Any
 import cel
 import yaml
 
-from rules.expr import ROOTS, line_col, max_nesting, scan, tokenize
+from rules.expr import MACROS, ROOTS, Token, line_col, max_nesting, scan, tokenize
+from rules.lists import RedisList, all_list_files, list_files, read_list_file, resolve_inside
 from rules.ruleset import ACTIONS, CompiledRule, Rule, RuleHit, RuleSet
+from rules.vector import type_of_value
 
 #: Bounds on hostile or runaway input.
 MAX_CONDITION_CHARS = 2000
 MAX_NESTING = 32
 MAX_FILE_BYTES = 1 << 20
 MAX_LIST_ITEMS = 100_000
+#: Comprehensions (``exists``, ``all``, ``map``...) per condition; they may not nest.
+MAX_MACROS = 4
+#: Consecutive unary operators (``!!!!x``, ``----1``).
+MAX_UNARY_RUN = 8
 
 #: A transaction as :func:`engine.schemas.validate` produces it; the fields conditions may use
 #: (``txn.<field>``) and the sample against which each condition is type-checked at load.
@@ -122,12 +133,21 @@ def content_version(files: Iterable[tuple[str, bytes]]) -> str:
     return h.hexdigest()[:12]
 
 
+def version_files(directory: str | Path) -> list[tuple[str, Path]]:
+    """(name in the hash, path) of every file that defines the rule set: rule files, then every
+    file under ``lists/``."""
+    d = Path(directory)
+    out = [(p.name, p) for p in rule_files(d)]
+    out += [(p.relative_to(d).as_posix(), p) for p in all_list_files(d)]
+    return out
+
+
 def rule_set_version(directory: str | Path) -> str:
     """The version :func:`load_rule_set` would give the directory now (cheap: no parsing).
 
     Compare with the running set's ``version`` to decide whether to hot-reload.
     """
-    return content_version((p.name, p.read_bytes()) for p in rule_files(directory))
+    return content_version((name, p.read_bytes()) for name, p in version_files(directory))
 
 
 # -- YAML ------------------------------------------------------------------------------------
@@ -144,7 +164,11 @@ def _yaml_error(where: str, exc: yaml.YAMLError) -> str:
 
 def _parse_file(name: str, text: str, errors: list[str]) -> _Parsed:
     out = _Parsed()
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. a control character
+        errors.append(_yaml_error(name, exc))
+        return out
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -209,31 +233,83 @@ def _label(data: Mapping[str, Any], index: int) -> str:
 # -- validation ------------------------------------------------------------------------------
 
 
-def _check_lists(parsed: Sequence[_Parsed], errors: list[str]) -> dict[str, list[Any]]:
-    lists: dict[str, list[Any]] = {}
+@dataclass
+class _Lists:
+    values: dict[str, list[Any]] = field(default_factory=dict)
+    redis: list[RedisList] = field(default_factory=list)
+
+
+def _list_source(
+    directory: Path, name: str, spec: dict[str, Any], where: _Where, out: _Lists, errors: list[str]
+) -> list[Any] | None:
+    """The values of a list given as a mapping (``file:`` or ``source: redis``), or None."""
+    prefix = f"{where}: list {name!r}"
+    keys = set(spec)
+    if spec.get("source") == "redis":
+        key = spec.get("key")
+        if keys - {"source", "key"} or not isinstance(key, str) or not key:
+            errors.append(f"{prefix}: a Redis list is {{source: redis, key: <set key>}}")
+            return None
+        out.redis.append(RedisList(name, key))
+        return []
+    rel = spec.get("file")
+    if keys != {"file"} or not isinstance(rel, str) or not rel:
+        errors.append(
+            f"{prefix}: expected a list of values, {{file: <path>}} or "
+            "{source: redis, key: <set key>}"
+        )
+        return None
+    try:
+        path = resolve_inside(directory, rel)
+        values = read_list_file(path)
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        errors.append(f"{prefix}: cannot read {rel!r}: {detail}")
+        return None
+    return values
+
+
+def _check_lists(
+    parsed: Sequence[_Parsed], errors: list[str], directory: Path | None = None
+) -> _Lists:
+    out = _Lists()
+    lists = out.values
     where_of: dict[str, _Where] = {}
-    for p in parsed:
-        for name, values, where in p.lists:
-            if not isinstance(name, str) or not _LIST_NAME.match(name):
-                errors.append(f"{where}: list {name!r}: name must be an identifier")
+    file_lists: list[tuple[str, Any, _Where]] = []
+    if directory is not None:
+        for p in list_files(directory):
+            where = _Where(str(p))
+            try:
+                file_lists.append((p.stem, read_list_file(p), where))
+            except (OSError, ValueError) as exc:
+                errors.append(f"{where}: cannot read list: {exc}")
+    declared = [(name, values, where) for p in parsed for name, values, where in p.lists]
+    for name, values, where in [*declared, *file_lists]:
+        if not isinstance(name, str) or not _LIST_NAME.match(name):
+            errors.append(f"{where}: list {name!r}: name must be an identifier")
+            continue
+        if name in lists:
+            errors.append(f"{where}: list {name!r}: already defined at {where_of[name]}")
+            continue
+        if isinstance(values, dict) and directory is not None:
+            got = _list_source(directory, name, values, where, out, errors)
+            if got is None:
                 continue
-            if name in lists:
-                errors.append(f"{where}: list {name!r}: already defined at {where_of[name]}")
-                continue
-            if not isinstance(values, list) or len(values) > MAX_LIST_ITEMS:
-                errors.append(
-                    f"{where}: list {name!r}: expected a list of at most {MAX_LIST_ITEMS} values"
-                )
-                continue
-            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, str | int | float)]
-            if bad:
-                errors.append(
-                    f"{where}: list {name!r}: values must be strings or numbers, got {bad[0]!r}"
-                )
-                continue
-            lists[name] = list(values)
-            where_of[name] = where
-    return lists
+            values = got
+        if not isinstance(values, list) or len(values) > MAX_LIST_ITEMS:
+            errors.append(
+                f"{where}: list {name!r}: expected a list of at most {MAX_LIST_ITEMS} values"
+            )
+            continue
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, str | int | float)]
+        if bad:
+            errors.append(
+                f"{where}: list {name!r}: values must be strings or numbers, got {bad[0]!r}"
+            )
+            continue
+        lists[name] = list(values)
+        where_of[name] = where
+    return out
 
 
 def _check_fields(raw: _RawRule, errors: list[str]) -> Rule | None:
@@ -324,9 +400,15 @@ class _RuleChecker:
                 f"{prefix}: condition is {len(cond)} characters (limit {MAX_CONDITION_CHARS})"
             )
             return None
-        depth = max_nesting(tokenize(cond))
+        tokens = tokenize(cond)
+        depth = max_nesting(tokens)
         if depth > MAX_NESTING:
             errors.append(f"{prefix}: condition nests {depth} brackets deep (limit {MAX_NESTING})")
+            return None
+        unbounded = _bounded(tokens)
+        if unbounded:
+            pos, what = unbounded
+            errors.append(f"{self._pos(raw, cond, *line_col(cond, pos))}: {what}")
             return None
         try:
             program = cel.compile(cond)
@@ -444,6 +526,51 @@ class _RuleChecker:
                 )
 
 
+def _bounded(tokens: list[Token]) -> tuple[int, str] | None:
+    """Why evaluating these tokens could take unbounded time or memory (position, message).
+
+    CEL has no loops, but comprehensions multiply: ``l.map(a, l.map(b, ...))`` over a 100,000
+    item list is 10^10 steps. Comprehensions may not nest, may not mention a named list in
+    their body, and a condition holds at most :data:`MAX_MACROS` of them.
+    """
+    n = len(tokens)
+    macros = 0
+    run = 0
+    for i, t in enumerate(tokens):
+        if t.kind == "punct" and t.text in "!-":
+            run += 1
+            if run > MAX_UNARY_RUN:
+                return t.pos, f"more than {MAX_UNARY_RUN} unary operators in a row"
+        else:
+            run = 0
+        is_macro = (
+            t.kind == "ident"
+            and t.text in MACROS
+            and i > 0
+            and tokens[i - 1].text == "."
+            and i + 1 < n
+            and tokens[i + 1].text == "("
+        )
+        if not is_macro:
+            continue
+        macros += 1
+        if macros > MAX_MACROS:
+            return t.pos, f"more than {MAX_MACROS} comprehensions ({t.text}...)"
+        depth = 0
+        for u in tokens[i + 1 :]:
+            if u.kind == "punct" and u.text in "([{":
+                depth += 1
+            elif u.kind == "punct" and u.text in ")]}":
+                depth -= 1
+                if depth == 0:
+                    break
+            elif u.kind == "ident" and u.text in MACROS and depth > 0:
+                return u.pos, f"nested comprehension {u.text!r} inside {t.text!r} (not allowed)"
+            elif u.kind == "ident" and u.text == "lists" and depth > 0:
+                return u.pos, f"named list used inside comprehension {t.text!r} (not allowed)"
+    return None
+
+
 def _suggest(name: str, known: Iterable[str]) -> str:
     import difflib
 
@@ -488,10 +615,13 @@ def load_rule_set(
             errors.append(f"{shown}: not UTF-8 (byte {exc.start})")
             continue
         parsed.append(_parse_file(shown, text, errors))
+    for name, p in version_files(d)[len(paths) :]:
+        contents.append((name, p.read_bytes()))
+    checked_lists = _check_lists(parsed, errors, d)
     version = content_version(contents)
-
-    lists = _check_lists(parsed, errors)
-    checker = _RuleChecker(known_features, lists, sample_event or SAMPLE_TRANSACTION)
+    lists = checked_lists.values
+    sample = dict(sample_event or SAMPLE_TRANSACTION)
+    checker = _RuleChecker(known_features, lists, sample)
     seen: dict[str, _Where] = {}
     compiled: list[tuple[tuple[int, int, int], CompiledRule]] = []
     txn_fields: set[str] | None = set()
@@ -530,4 +660,6 @@ def load_rule_set(
         None if txn_fields is None else frozenset(txn_fields),
         None if features is None else frozenset(features),
         files=[name for name, _ in contents],
+        txn_types={k: t for k, v in sample.items() if (t := type_of_value(v)) is not None},
+        redis_lists=checked_lists.redis,
     )
