@@ -1,4 +1,4 @@
-"""Timers: pick up a newly promoted champion, checkpoint the online model."""
+"""Timers: pick up a newly promoted champion or a changed rule set, checkpoint online models."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ def register(rt: Runtime) -> None:
     @rt.app.timer(2.0)
     async def refresh_models() -> None:
         await asyncio.to_thread(rt.locked, rt.service.refresh_models, rt.settings.models_dir)
+
+    @rt.app.timer(1.0)
+    async def refresh_rules() -> None:
+        await asyncio.to_thread(rt.locked, rt.service.refresh_rules)
 
     @rt.app.timer(30.0)
     async def checkpoint_online_model() -> None:

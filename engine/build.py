@@ -21,7 +21,7 @@ from features.spec import DEFAULT_SPEC
 from features.store import RedisFeatureStore
 from models.online import OnlineLogisticModel
 from models.registry import ModelRegistry
-from rules.loader import load_rule_set
+from rules.reload import RuleSetWatcher
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ def build_service(
     client = client or redis.Redis.from_url(settings.redis_url)
     store = RedisFeatureStore(client, DEFAULT_SPEC)
     store.warm_up()
-    rules = load_rule_set(settings.rules_dir, store.feature_names)
+    watcher = RuleSetWatcher(
+        settings.rules_dir, store.feature_names, poll_seconds=2.0, redis_client=client
+    )
+    rules = watcher.current()
     champion = None
     if use_registry:
         try:
@@ -69,4 +72,4 @@ def build_service(
         metrics.MODEL_INFO.labels(champion.version, "champion").set(1)
     metrics.MODEL_INFO.labels(online.version, "online").set(1)
     sink = sink if sink is not None else KafkaSink(settings.kafka_bootstrap)
-    return ScoringService(settings, pipeline, client, sink, live=live)
+    return ScoringService(settings, pipeline, client, sink, live=live, rules_watcher=watcher)

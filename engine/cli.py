@@ -30,6 +30,15 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def _add_subcommands() -> None:
+    from engine.cli_rules import app as rules_app
+
+    app.add_typer(rules_app, name="rules")
+
+
+_add_subcommands()
+
+
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 

@@ -75,6 +75,19 @@ BATCH_RETRIES = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+RULES_RELOAD_FAILURES = Counter(
+    "riskstream_rules_reload_failures",
+    "Rule sets rejected at hot reload (the running set is kept).",
+    registry=REGISTRY,
+)
+RULES_RELOADS = Counter(
+    "riskstream_rules_reloads", "Rule sets swapped in at hot reload.", registry=REGISTRY
+)
+LATE_EVENTS = Counter(
+    "riskstream_late_events",
+    "Transactions older than the allowed lateness: scored, not added to windows.",
+    registry=REGISTRY,
+)
 LABELS_LEARNED = Counter(
     "riskstream_labels_learned_total",
     "Labels learned by the online model (each event_id once).",

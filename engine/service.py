@@ -33,6 +33,7 @@ from engine.schemas import (
 )
 from engine.settings import Settings
 from engine.sinks import KafkaSink, MemorySink, NullSink
+from rules.reload import RuleSetWatcher
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ScoringService:
         sink: KafkaSink | MemorySink | NullSink,
         feature_log_ttl_seconds: int = 30 * 86400,
         live: bool = True,
+        rules_watcher: RuleSetWatcher | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -79,6 +81,7 @@ class ScoringService:
         #: A live service queues review cases and records feature vectors for labels; a warm-up
         #: or backtest replay (live=False) only advances the feature state and emits decisions.
         self.live = live
+        self.rules_watcher = rules_watcher
         self._set_many_ex = client.register_script(_SET_MANY_EX)
         self._models_checked = 0.0
         self._champion_version = pipeline.champion.version if pipeline.champion else None
@@ -249,6 +252,21 @@ class ScoringService:
         metrics.EVENTS.labels(topic, "invalid").inc(len(decoded.dead))
         self.sink.flush()
         return report
+
+    def refresh_rules(self) -> bool:
+        """Swap in a changed rule set between batches; an invalid one never replaces the old."""
+        w = self.rules_watcher
+        if w is None:
+            return False
+        before = w.reload_failures
+        changed = w.poll()
+        if w.reload_failures > before:
+            metrics.RULES_RELOAD_FAILURES.inc(w.reload_failures - before)
+        if changed:
+            self.pipeline.rules = w.current()
+            metrics.RULES_RELOADS.inc()
+            log.info("rule set is now %s", self.pipeline.rules.version)
+        return changed
 
     def checkpoint(self) -> None:
         """Save the online model so a restarted worker keeps what it learned."""

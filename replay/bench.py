@@ -95,6 +95,10 @@ def run_bench(out: Path, e2e_events: int = 30000) -> dict[str, Any]:
         results["features_events_per_second"] = n / timed.stage_seconds["features"]
         results["inprocess_events"] = n
 
+        from rules.bench import measure as rules_measure
+
+        results.update(rules_measure())
+
         console.print("[bold]bench[/]: starting a worker on the embedded stack")
         worker_env = {**env, "RISKSTREAM_DATA_DIR": str(data_dir)}
         worker = stack.enter_context(WorkerProcess(worker_env, data_dir / "worker.log"))
