@@ -1,28 +1,24 @@
-"""Numba kernels: windowed aggregates for a whole batch, and parsing of the script's reply.
+"""Numba kernels: windowed aggregates for a whole batch, and compaction of stored records.
 
-Semantics (shared with :mod:`features.reference`; resolutions are in :mod:`features.spec`):
+Semantics (shared with :mod:`features.reference`; resolutions in :mod:`features.spec`):
 
-* Time is cut into epoch-aligned buckets of ``resolution`` seconds:
-  ``bucket(t) = floor(ts_ms / (1000 * resolution))``. A window of ``N = window / resolution``
-  buckets for an event at ``t`` covers buckets ``[bucket(t) - N + 1, bucket(t)]``; the window start
-  is thus rounded down to the bucket resolution (it holds between ``window - resolution`` and
-  ``window`` seconds of history).
-* The value for event ``i`` aggregates every *counted* event ``j`` of the same entity value whose
-  bucket lies in that range and that came **before or at** ``i`` in stream order: the pre-batch
-  state read from Redis (all earlier batches), plus the new events earlier in this batch
-  (``j < i``), plus ``i`` itself when it is new. A redelivered event (its ``event_id`` was already
-  seen) is not counted again: its earlier delivery is already in the state. The value therefore
-  does not depend on how the stream is cut into batches.
-* An event is *counted* when it is new and not "too late": its bucket is not older than the
-  store's allowed lateness relative to the newest bucket already stored for that entity value
-  (the ``floor`` returned by the script). Events in bucket order are never too late.
-* ``count`` is the number of events, ``sum`` the sum of ``amount``, ``mean`` = sum / count
-  (0.0 when count is 0). An event whose entity value is missing gets NaN for that entity's features.
+* Records: each counted event adds one record to each kind (entity [+ filter] [+ distinct field])
+  it belongs to: ``t`` (ms), ``c`` = 1, ``s`` = amount, ``q`` = amount², ``mn`` = ``mx`` = amount,
+  ``h`` = hash of the distinct field's value (or, for label records, the label's time).
+* Window of feature ``f`` for an event at ``t``: records with
+  ``(B - N + 1) * r <= t_rec < (B + 1) * r`` where ``r`` is the resolution (ms),
+  ``N = window / resolution`` and ``B = floor((t - delay) / r)``.
+* The value for event ``i`` aggregates the records of every counted event ``j`` of the same entity
+  value that arrived **before or with** ``i`` (the pre-batch state plus earlier events of the
+  batch plus ``i`` itself when counted). A redelivered event is not counted again, so values do
+  not depend on how the stream is cut into batches.
+* ``time_since_last`` uses the records other than ``i``'s own with ``t_rec <= t`` in the window.
+* Label records (kind source ``labels``) are counted by ``fraud_count`` when in the window and
+  their label time ``h <= t``.
 
-Note that the window is defined on event time, while "before" is stream order: for an
-out-of-order stream, an event is not seen by an earlier-arriving event with a later timestamp
-(the value never includes the future), but a late event sees every earlier-arriving event in its
-buckets, including ones with a slightly later timestamp in its own bucket.
+Records older than every window may be merged into buckets of the resolutions that are still
+needed (``compact``), keeping the largest ``t``: bucket membership and "latest time" are unchanged,
+so every value stays exact for events inside the allowed lateness.
 """
 
 from __future__ import annotations
@@ -30,190 +26,254 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from features._types import BoolArray, FloatArray, IntArray, UInt8Array
+from features._types import FloatArray, IntArray
+
+AGG_CODES = {
+    "count": 0,
+    "sum": 1,
+    "mean": 2,
+    "std": 3,
+    "min": 4,
+    "max": 5,
+    "distinct": 6,
+    "time_since_last": 7,
+    "ratio": 8,
+    "fraud_count": 9,
+}
+# column positions in a kernel record matrix (always 7 wide; stored kinds keep a subset)
+T, C, S, Q, MN, MX, HH = 0, 1, 2, 3, 4, 5, 6
 
 
 @njit(cache=True)
-def aggregate_group(
-    key: IntArray,
-    bucket: IntArray,
+def compute_kind(
+    code: IntArray,
+    counted: IntArray,
+    ts: IntArray,
     amount: FloatArray,
-    counted: BoolArray,
-    pre_offsets: IntArray,
-    pre_bucket: IntArray,
-    pre_count: FloatArray,
-    pre_sum: FloatArray,
-    windows: IntArray,
-    col_count: IntArray,
-    col_sum: IntArray,
-    col_mean: IntArray,
+    batch_rec: FloatArray,
+    pre_off: IntArray,
+    pre_rec: FloatArray,
+    agg: IntArray,
+    res_ms: IntArray,
+    nb: IntArray,
+    delay_ms: IntArray,
+    outcol: IntArray,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
-    """Fill ``out[:, col_*[w]]`` for one group (entity, resolution) of features.
+    """Fill ``out[:, outcol[f]]`` for the features ``f`` of one kind.
 
-    key[i]: the event's entity value number in ``0..K-1`` (-1: missing -> NaN);
-    bucket[i]: its bucket; counted[i]: whether it adds to the state (new and not too late);
-    pre_offsets (K+1): entries ``pre_offsets[k]:pre_offsets[k+1]`` are value k's pre-batch buckets
-    (bucket, count, sum); windows: distinct window lengths in buckets, ascending;
-    col_count/col_sum/col_mean[w]: output column of window w's aggregate, -1 if not requested.
+    code[i]: entity value number 0..K-1 (-1 missing -> NaN); counted[i]: 1 if event i adds its
+    record ``batch_rec[i]`` (7 columns) to this kind; ``pre_rec[pre_off[k]:pre_off[k+1]]``: value
+    k's stored records (7 columns).
     """
-    n = key.shape[0]
-    nw = windows.shape[0]
-    order = np.argsort(key, kind="mergesort")  # stable: batch order within each value
+    n = code.shape[0]
+    nf = agg.shape[0]
+    order = np.argsort(code, kind="mergesort")
     p = 0
     while p < n:
-        k = key[order[p]]
+        k = code[order[p]]
         q = p + 1
-        while q < n and key[order[q]] == k:
+        while q < n and code[order[q]] == k:
             q += 1
         if k < 0:
             for r in range(p, q):
-                i = order[r]
-                for w in range(nw):
-                    if col_count[w] >= 0:
-                        out[i, col_count[w]] = np.nan
-                    if col_sum[w] >= 0:
-                        out[i, col_sum[w]] = np.nan
-                    if col_mean[w] >= 0:
-                        out[i, col_mean[w]] = np.nan
+                for f in range(nf):
+                    out[order[r], outcol[f]] = np.nan
             p = q
             continue
-        a = pre_offsets[k]
-        e = pre_offsets[k + 1]
-        allb = np.empty((e - a) + (q - p), np.int64)
-        for t in range(a, e):
-            allb[t - a] = pre_bucket[t]
-        for r in range(p, q):
-            allb[e - a + r - p] = bucket[order[r]]
-        coords = np.unique(allb)  # sorted distinct buckets of this value
-        dc = np.zeros(coords.shape[0])
-        ds = np.zeros(coords.shape[0])
-        for t in range(a, e):
-            j = np.searchsorted(coords, pre_bucket[t])
-            dc[j] += pre_count[t]
-            ds[j] += pre_sum[t]
+        a = pre_off[k]
+        e = pre_off[k + 1]
+        m0 = e - a
+        rec = np.empty((m0 + q - p, 7))
+        for t in range(m0):
+            for col in range(7):
+                rec[t, col] = pre_rec[a + t, col]
+        m = m0
         for r in range(p, q):
             i = order[r]
-            bi = bucket[i]
-            j = np.searchsorted(coords, bi)
+            ti = ts[i]
+            own = -1
             if counted[i]:
-                dc[j] += 1.0
-                ds[j] += amount[i]
-            c = 0.0
-            s = 0.0
-            w = 0
-            lo = bi - windows[0] + 1
-            while w < nw:
-                if j >= 0 and coords[j] >= lo:
-                    c += dc[j]
-                    s += ds[j]
-                    j -= 1
+                for col in range(7):
+                    rec[m, col] = batch_rec[i, col]
+                own = m
+                m += 1
+            for f in range(nf):
+                rr = res_ms[f]
+                b = (ti - delay_ms[f]) // rr
+                lo = (b - nb[f] + 1) * rr
+                hi = (b + 1) * rr
+                g = agg[f]
+                if g == 7:
+                    best = -1.0
+                    found = False
+                    for t in range(m):
+                        if t == own:
+                            continue
+                        tr = rec[t, T]
+                        if tr >= lo and tr < hi and tr <= ti:
+                            if not found or tr > best:
+                                best = tr
+                                found = True
+                    out[i, outcol[f]] = (ti - best) / 1000.0 if found else np.nan
                     continue
-                if col_count[w] >= 0:
-                    out[i, col_count[w]] = c
-                if col_sum[w] >= 0:
-                    out[i, col_sum[w]] = s
-                if col_mean[w] >= 0:
-                    out[i, col_mean[w]] = s / c if c > 0.0 else 0.0
-                w += 1
-                if w < nw:
-                    lo = bi - windows[w] + 1
+                if g == 6:
+                    hs = np.empty(m)
+                    nh = 0
+                    for t in range(m):
+                        tr = rec[t, T]
+                        if tr >= lo and tr < hi:
+                            hs[nh] = rec[t, HH]
+                            nh += 1
+                    if nh == 0:
+                        out[i, outcol[f]] = 0.0
+                    else:
+                        srt = np.sort(hs[:nh])
+                        d = 1
+                        for t in range(1, nh):
+                            if srt[t] != srt[t - 1]:
+                                d += 1
+                        out[i, outcol[f]] = float(d)
+                    continue
+                c = 0.0
+                s = 0.0
+                sq = 0.0
+                mn = np.inf
+                mx = -np.inf
+                for t in range(m):
+                    tr = rec[t, T]
+                    if tr >= lo and tr < hi:
+                        if g == 9:
+                            if rec[t, HH] <= ti:
+                                c += 1.0  # one label per record
+                            continue
+                        c += rec[t, C]
+                        s += rec[t, S]
+                        sq += rec[t, Q]
+                        if rec[t, MN] < mn:
+                            mn = rec[t, MN]
+                        if rec[t, MX] > mx:
+                            mx = rec[t, MX]
+                if g == 0 or g == 9:
+                    v = c
+                elif g == 1:
+                    v = s
+                elif g == 2:
+                    v = s / c if c > 0.0 else 0.0
+                elif g == 3:
+                    if c > 0.0:
+                        mu = s / c
+                        var = sq / c - mu * mu
+                        v = np.sqrt(var) if var > 0.0 else 0.0
+                    else:
+                        v = 0.0
+                elif g == 4:
+                    v = mn if c > 0.0 else np.nan
+                elif g == 5:
+                    v = mx if c > 0.0 else np.nan
+                else:  # ratio
+                    v = amount[i] / (s / c) if c > 0.0 and s != 0.0 else np.nan
+                out[i, outcol[f]] = v
         p = q
 
 
-_MALFORMED = "malformed number in feature script reply"
-
-
 @njit(cache=True)
-def parse_numbers(buf: UInt8Array) -> FloatArray:  # pragma: no cover - compiled
-    """Whitespace-separated decimal numbers (``-12``, ``3.25``, ``1e-05``) from ASCII bytes.
+def compact(
+    off: IntArray,
+    rec: FloatArray,
+    now_ms: int,
+    lateness_ms: int,
+    keep_ms: int,
+    tier_age: IntArray,
+    tier_res: IntArray,
+    by_hash: bool,
+    mergeable: bool,
+) -> tuple[IntArray, FloatArray]:  # pragma: no cover - compiled
+    """Drop records older than ``keep_ms`` (relative to ``now_ms``) and merge the others.
 
-    Integers up to 18 digits are exact; other values are within about one ulp of the correctly
-    rounded result (enough for sums that Redis keeps as long double strings).
+    A record of age ``a`` is merged into buckets of ``tier_res[j]`` for the last ``j`` with
+    ``tier_age[j] <= a``, once ``a >= lateness + that resolution`` (ms, 0 = keep raw); with
+    ``by_hash`` records merge only with equal ``h``. Returns the new offsets and records.
     """
-    n = buf.shape[0]
-    out = np.empty(n // 2 + 1, np.float64)
-    m = 0
-    i = 0
-    while i < n:
-        ch = buf[i]
-        if ch == 32 or ch == 10 or ch == 9 or ch == 13:
-            i += 1
-            continue
-        neg = False
-        if ch == 45:
-            neg = True
-            i += 1
-        elif ch == 43:
-            i += 1
-        mant = 0
-        nd = 0
-        exp10 = 0
-        digits = 0
-        while i < n and 48 <= buf[i] <= 57:
-            d = buf[i] - 48
-            digits += 1
-            if nd < 18:
-                mant = mant * 10 + d
-                if mant > 0:
-                    nd += 1
-            else:
-                exp10 += 1
-            i += 1
-        if i < n and buf[i] == 46:
-            i += 1
-            while i < n and 48 <= buf[i] <= 57:
-                d = buf[i] - 48
-                digits += 1
-                if nd < 18:
-                    mant = mant * 10 + d
-                    exp10 -= 1
-                    if mant > 0:
-                        nd += 1
-                i += 1
-        if digits == 0:
-            raise ValueError(_MALFORMED)
-        if i < n and (buf[i] == 101 or buf[i] == 69):
-            i += 1
-            eneg = False
-            if i < n and buf[i] == 45:
-                eneg = True
-                i += 1
-            elif i < n and buf[i] == 43:
-                i += 1
-            e = 0
-            while i < n and 48 <= buf[i] <= 57:
-                e = e * 10 + (buf[i] - 48)
-                i += 1
-            exp10 += -e if eneg else e
-        v = float(mant)
-        if exp10 > 0:
-            v *= 10.0**exp10
-        elif exp10 < 0:
-            v /= 10.0 ** (-exp10)
-        out[m] = -v if neg else v
-        m += 1
-        if i < n and not (buf[i] == 32 or buf[i] == 10 or buf[i] == 9 or buf[i] == 13):
-            raise ValueError(_MALFORMED)
-    return out[:m]
+    k = off.shape[0] - 1
+    new_off = np.zeros(k + 1, np.int64)
+    out = np.empty_like(rec)
+    w = 0
+    for j in range(k):
+        a = off[j]
+        e = off[j + 1]
+        start = w
+        for t in range(a, e):
+            age = now_ms - rec[t, T]
+            if age > keep_ms:
+                continue
+            res = 0
+            if mergeable:
+                for z in range(tier_age.shape[0]):
+                    if tier_age[z] <= age:
+                        res = tier_res[z]
+                if res > 0 and age < lateness_ms + res:
+                    res = 0
+            merged = False
+            if res > 0:
+                bkt = rec[t, T] // res
+                for u in range(start, w):
+                    if out[u, T] // res == bkt and now_ms - out[u, T] >= 0:
+                        if by_hash and out[u, HH] != rec[t, HH]:
+                            continue
+                        # only merge with records of the same tier
+                        au = now_ms - out[u, T]
+                        ru = 0
+                        for z in range(tier_age.shape[0]):
+                            if tier_age[z] <= au:
+                                ru = tier_res[z]
+                        if ru != res or au < lateness_ms + ru:
+                            continue
+                        out[u, C] += rec[t, C]
+                        out[u, S] += rec[t, S]
+                        out[u, Q] += rec[t, Q]
+                        out[u, MN] = min(out[u, MN], rec[t, MN])
+                        out[u, MX] = max(out[u, MX], rec[t, MX])
+                        out[u, T] = max(out[u, T], rec[t, T])
+                        merged = True
+                        break
+            if not merged:
+                for col in range(7):
+                    out[w, col] = rec[t, col]
+                w += 1
+        new_off[j + 1] = w
+    return new_off, out[:w]
 
 
 def warm_up() -> None:
     """Compile (or load from the on-disk cache) every kernel for the dtypes the store uses."""
-    parse_numbers(np.frombuffer(b"1 -2.5 3e-2", dtype=np.uint8))
-    out = np.zeros((3, 3))
-    aggregate_group(
-        np.array([0, -1, 0], dtype=np.int64),
-        np.array([10, 10, 11], dtype=np.int64),
-        np.array([1.0, 2.0, 3.0]),
-        np.array([True, True, False]),
-        np.array([0, 1], dtype=np.int64),
-        np.array([9], dtype=np.int64),
-        np.array([1.0]),
-        np.array([5.0]),
-        np.array([2], dtype=np.int64),
-        np.array([0], dtype=np.int64),
-        np.array([1], dtype=np.int64),
-        np.array([2], dtype=np.int64),
+    out = np.zeros((2, 10))
+    rec = np.zeros((2, 7))
+    rec[:, T] = [1000.0, 2000.0]
+    rec[:, C] = 1.0
+    compute_kind(
+        np.array([0, -1], dtype=np.int64),
+        np.array([1, 0], dtype=np.int64),
+        np.array([3000, 3000], dtype=np.int64),
+        np.array([1.0, 2.0]),
+        rec.copy(),
+        np.array([0, 2], dtype=np.int64),
+        rec,
+        np.arange(10, dtype=np.int64),
+        np.full(10, 60_000, dtype=np.int64),
+        np.full(10, 60, dtype=np.int64),
+        np.zeros(10, dtype=np.int64),
+        np.arange(10, dtype=np.int64),
         out,
+    )
+    compact(
+        np.array([0, 2], dtype=np.int64),
+        rec,
+        10_000_000,
+        1000,
+        20_000_000,
+        np.array([0], dtype=np.int64),
+        np.array([60_000], dtype=np.int64),
+        False,
+        True,
     )

@@ -2,128 +2,178 @@
 
 Redis layout (``prefix`` defaults to ``"rs:"``):
 
-* ``{prefix}seen:{event_id}`` -- string ``"1"`` with a TTL of ``seen_ttl_seconds``: the event was
-  counted; a redelivery finds it and is not counted again.
-* ``{prefix}f:{entity}:{resolution_seconds}:{value}`` -- a hash per (entity, resolution) group and
-  entity value, e.g. ``rs:f:card_id:60:tok_123``. Fields ``c{bucket}`` (event count, integer) and,
-  when the group has a sum or mean feature, ``s{bucket}`` (sum of ``amount``, float), where
-  ``bucket = floor(ts_ms / (1000 * resolution_seconds))``. The hash is sparse (only buckets with
-  events). Buckets older than ``newest bucket - horizon - lateness`` are removed (``HDEL``) when
-  the key is next touched, and the key expires (``EXPIRE``, refreshed by every batch that writes
-  to it) after ``(horizon + lateness + 1) * resolution`` seconds, where ``horizon`` is the
-  longest window of the group in buckets and ``lateness = ceil(allowed_lateness / resolution)``.
+* ``{prefix}k:{kind}`` -- one hash per *kind* (a record stream: source, entity, optional
+  filter, optional distinct field; e.g. ``rs:k:t:card_id``, ``rs:k:t:card_id:channel=ecom``,
+  ``rs:k:t:card_id:d=merchant_id``, ``rs:k:l:merchant_id`` for fraud labels). Field = the entity
+  value (``tok_123``; pairs joined by ``|``), value = an 8-byte header (a generation number) and
+  fixed-width little-endian float64 records (``t``, ``c`` and the columns the kind's features need,
+  see :mod:`features.kernels`). New events are *appended* by the script (no read-modify-write of
+  numbers, no pruning scan); Python merges records that are older than the finest window into the
+  coarser buckets that are still needed and drops the expired ones (``compact``), and writes that
+  back on its next call with a compare-and-set on the header, so that concurrent appends by other
+  workers are kept. Every written field gets a TTL (``HEXPIRE``) of the kind's horizon (longest
+  window + delay + resolution + allowed lateness): an idle entity disappears.
+* ``{prefix}seen:{t|e}:{day}`` -- per event-time day (UTC), field = event id: the event was applied
+  (idempotency); for transactions the value is what label features need (its time and entity
+  values). TTL ``seen_ttl_seconds``.
+* ``{prefix}lseen:{day}`` -- labels already applied, per label day.
+* ``{prefix}wm:{t|e}`` -- the watermark: the largest event time counted so far (per source).
 
-Per batch, :meth:`RedisFeatureStore.update_batch` makes exactly one call of ``update.lua``
-(``EVALSHA``, with a transparent ``SCRIPT LOAD`` + retry after ``NOSCRIPT``, e.g. after a server
-restart or ``SCRIPT FLUSH``). The script, atomically: marks the event ids (``SET NX EX``), reads the
-pre-batch buckets every event of the batch needs, prunes, applies the new events' increments and
-refreshes the TTLs. The kernels (:mod:`features.kernels`) then compute every event's windows from
-the pre-batch state plus the earlier events of the batch. Because the script is atomic, several
-workers may write the same keys: each batch sees a consistent state and no increment is lost.
+Event time and lateness: an event whose time is more than ``allowed_lateness_seconds`` older than
+the watermark (including earlier events of its batch) is *too late*: it is scored against
+the current state, remembered as seen, not added to the state;
+:attr:`RedisFeatureStore.late_events`
+counts them. Inside the lateness bound an out-of-order event is applied where it belongs.
 
-The script declares every key it touches in ``KEYS``, but a batch's keys hash to different slots, so
-it needs a standalone Redis/Valkey (or a cluster-aware split of batches, not provided here).
-
-Missing entity values (``None`` or ``""``, or an entity absent from the ``entities`` mapping) give
-NaN for that entity's features for that event, and nothing is written for them.
+Per batch, :meth:`RedisFeatureStore.update_batch` makes exactly one ``EVALSHA`` (re-loaded
+transparently after ``NOSCRIPT``, e.g. after a restart or ``SCRIPT FLUSH``); the script is atomic,
+so several workers may write the same keys. It needs ``HEXPIRE`` (Redis >= 7.4, Valkey >= 9) and a
+standalone server (the keys of a batch are not in one cluster slot).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import redis
 
 from features import kernels
-from features._types import FloatArray, IntArray
-from features.spec import DEFAULT_SPEC, FeatureSpec, validate_spec
+from features._types import BoolArray, FloatArray, IntArray
+from features.kernels import AGG_CODES
+from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all, validate_spec
 
-#: How long event ids are remembered by default (at least the longest window + lateness).
+DAY_MS = 86_400_000
 DEFAULT_SEEN_TTL_SECONDS = 7 * 86400
+HASH_MASK = (1 << 52) - 1
+_H0 = b"\0" * 8
+#: Fewest records a compaction must remove to be written back.
+COMPACT_MIN = 4
+_COLS = ("t", "c", "s", "q", "mn", "mx", "h")
 
 
-def _script_source() -> str:
-    return Path(__file__).with_name("update.lua").read_text(encoding="utf-8")
+def _script_source(name: str) -> str:
+    return Path(__file__).with_name(name).read_text(encoding="utf-8")
 
 
-@dataclass(frozen=True)
-class _Group:
-    """The features that share an (entity, resolution): one hash per entity value."""
+@dataclass
+class _KindFeature:
+    col: int
+    agg: int
+    res_ms: int
+    nb: int
+    delay_ms: int
+    reach_ms: int
+    res: int
 
+
+@dataclass
+class _Kind:
+    source: str  # transactions | events | labels
     entity: str
-    resolution_seconds: int
-    windows: IntArray  # distinct window lengths in buckets, ascending
-    col_count: IntArray
-    col_sum: IntArray
-    col_mean: IntArray
-    has_sum: bool
-    keep_buckets: int
-    ttl_seconds: int
-    key_prefix: str
+    filter: Filter | None
+    distinct: str | None
+    key: str
+    features: list[_KindFeature] = field(default_factory=list)
+    columns: tuple[int, ...] = ()
+    ttl_seconds: int = 0
+    keep_ms: int = 0
+    tier_age: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tier_res: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
-    def res_ms(self) -> int:
-        return self.resolution_seconds * 1000
+    def width(self) -> int:
+        return len(self.columns)
 
 
-def _groups(spec: Sequence[FeatureSpec], prefix: str, lateness_s: int) -> list[_Group]:
-    by_group: dict[tuple[str, int], list[tuple[int, FeatureSpec]]] = {}
-    for col, f in enumerate(spec):
-        by_group.setdefault((f.entity, f.resolution_seconds), []).append((col, f))
-    groups = []
-    for (entity, res), members in by_group.items():
-        windows = sorted({f.n_buckets for _, f in members})
-        cols = {agg: np.full(len(windows), -1, dtype=np.int64) for agg in ("count", "sum", "mean")}
-        for col, f in members:
-            cols[f.agg][windows.index(f.n_buckets)] = col
-        keep = windows[-1] + math.ceil(lateness_s / res)
-        groups.append(
-            _Group(
-                entity=entity,
-                resolution_seconds=res,
-                windows=np.array(windows, dtype=np.int64),
-                col_count=cols["count"],
-                col_sum=cols["sum"],
-                col_mean=cols["mean"],
-                has_sum=any(f.agg in ("sum", "mean") for _, f in members),
-                keep_buckets=keep,
-                ttl_seconds=(keep + 1) * res,
-                key_prefix=f"{prefix}f:{entity}:{res}:",
-            )
-        )
-    return groups
+def _kind_id(source: str, entity: str, flt: Filter | None, distinct: str | None) -> str:
+    parts = [source[0], entity.replace("+", "|")]
+    if flt is not None:
+        parts.append(flt.key())
+    if distinct is not None:
+        parts.append("d=" + distinct)
+    return ":".join(parts)
 
 
-def _encode(values: Sequence[Any] | None, n: int) -> tuple[IntArray, list[str]]:
-    """Entity values -> (number per event, -1 if missing; distinct values in first-seen order)."""
-    if values is None:
-        return np.full(n, -1, dtype=np.int64), []
-    if len(values) != n:
-        msg = f"entity column has {len(values)} values for {n} events"
-        raise ValueError(msg)
-    index: dict[Any, int] = {}
-    setdefault = index.setdefault
-    codes = [setdefault(v, len(index)) if v else -1 for v in values]
-    return np.array(codes, dtype=np.int64), [str(v) for v in index]
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def _pack_args(args: Sequence[Any]) -> bytes:
+    """RESP bulk strings of str/bytes/int arguments, runs of ASCII strings packed at once."""
+    parts: list[bytes] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        text = "".join([f"${len(v)}\r\n{v}\r\n" for v in run])
+        if text.isascii():
+            parts.append(text.encode())
+        else:
+            parts.extend(_bulk(v.encode()) for v in run)
+        run.clear()
+
+    for a in args:
+        if isinstance(a, str):
+            run.append(a)
+        else:
+            flush()
+            parts.append(_bulk(a if isinstance(a, bytes) else str(a).encode()))
+    flush()
+    return b"".join(parts)
 
 
 def _as_bytes(x: bytes | str) -> bytes:
-    return x.encode() if isinstance(x, str) else x
+    return x.encode("latin-1") if isinstance(x, str) else x
+
+
+def value_hash(values: Sequence[Any]) -> FloatArray:
+    """A stable 52-bit hash of each value (exact as float64), for distinct counts."""
+    arr = np.asarray([str(v) for v in values], dtype=object)
+    hashed: FloatArray = (pd.util.hash_array(arr) & np.uint64(HASH_MASK)).astype(np.float64)
+    return hashed
+
+
+def entity_values(spec_entity: str, columns: Mapping[str, Sequence[Any]], n: int) -> list[str]:
+    """Per event the entity value ('' when any part is missing); pairs joined by '|'."""
+    parts = spec_entity.split("+")
+    cols = []
+    for p in parts:
+        col = columns.get(p)
+        if col is None:
+            return [""] * n
+        if len(col) != n:
+            msg = f"field {p!r} has {len(col)} values for {n} events"
+            raise ValueError(msg)
+        cols.append(col)
+    if len(cols) == 1:
+        return ["" if not v else str(v) for v in cols[0]]
+    return ["|".join(map(str, vs)) if all(vs) else "" for vs in zip(*cols, strict=True)]
+
+
+def filter_mask(flt: Filter | None, columns: Mapping[str, Sequence[Any]], n: int) -> BoolArray:
+    if flt is None:
+        return np.ones(n, dtype=bool)
+    col = columns.get(flt.field)
+    if col is None:
+        return np.zeros(n, dtype=bool)
+    vals = flt.values
+    return np.fromiter((str(v) in vals for v in col), dtype=bool, count=n)
 
 
 class RedisFeatureStore:
-    """Windowed count/sum/mean features per entity, kept in Redis; see the module docstring.
+    """Declarative windowed features kept in Redis; see the module docstring.
 
-    ``allowed_lateness_seconds``: how far (in event time) an event may lag behind the newest event
-    already stored for its entity value and still be counted; state is kept that much longer.
-    ``seen_ttl_seconds``: how long an event id is remembered for idempotency; it must cover the
-    longest window plus the lateness, so that a redelivery can never count twice inside any
-    window. Default: 7 days, or more if the spec needs it.
+    ``allowed_lateness_seconds``: how far (event time) an event may lag behind the watermark and
+    still be applied. ``seen_ttl_seconds``: how long event ids are remembered (and label look-ups
+    possible); at least the longest reach (window + delay) plus the lateness.
     """
 
     def __init__(
@@ -135,44 +185,140 @@ class RedisFeatureStore:
         prefix: str = "rs:",
     ) -> None:
         self.spec = validate_spec(spec)
-        longest = max(f.window_seconds for f in self.spec)
+        if allowed_lateness_seconds < 0:
+            msg = "allowed_lateness_seconds must be >= 0"
+            raise ValueError(msg)
+        longest = max(f.reach_seconds for f in self.spec)
         if seen_ttl_seconds is None:
             seen_ttl_seconds = max(DEFAULT_SEEN_TTL_SECONDS, longest + allowed_lateness_seconds)
         if seen_ttl_seconds < longest + allowed_lateness_seconds:
             msg = (
-                f"seen_ttl_seconds={seen_ttl_seconds} must be >= the longest window plus the "
-                f"allowed lateness ({longest + allowed_lateness_seconds}s)"
+                f"seen_ttl_seconds={seen_ttl_seconds} must be >= the longest reach (window + "
+                f"delay + resolution) plus the allowed lateness "
+                f"({longest + allowed_lateness_seconds}s)"
             )
-            raise ValueError(msg)
-        if allowed_lateness_seconds < 0:
-            msg = "allowed_lateness_seconds must be >= 0"
             raise ValueError(msg)
         self.client = client
         self.seen_ttl_seconds = int(seen_ttl_seconds)
         self.allowed_lateness_seconds = int(allowed_lateness_seconds)
         self.prefix = prefix
-        self._seen_prefix = f"{prefix}seen:"
+        #: Events (transactions and account events) that arrived later than the allowed lateness.
+        self.late_events = 0
+        self.labels_unknown = 0
+        self.labels_duplicate = 0
+        self._last_counted = 0
+        #: Script calls made (one per batch; a NOSCRIPT reload adds a SCRIPT LOAD and a retry).
+        self.round_trips = 0
         self._names = [f.name for f in self.spec]
-        self._groups = _groups(self.spec, prefix, self.allowed_lateness_seconds)
-        self._group_meta = " ".join(
-            f"{{}} {g.keep_buckets} {g.ttl_seconds} {int(g.has_sum)}" for g in self._groups
+        self._n_out = len(self._names)
+        self._kinds: dict[str, _Kind] = {}
+        self._rates: list[tuple[int, int, int]] = []  # (out col, fraud col, count col)
+        self._build_kinds()
+        self._update = client.register_script(_script_source("update.lua"))
+        self._labels = client.register_script(_script_source("labels.lua"))
+        self._pending: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
+
+    # -- spec -> kinds ------------------------------------------------------------------------
+
+    def _kind(self, source: str, entity: str, flt: Filter | None, distinct: str | None) -> _Kind:
+        ident = _kind_id(source, entity, flt, distinct)
+        if ident not in self._kinds:
+            self._kinds[ident] = _Kind(source, entity, flt, distinct, f"{self.prefix}k:{ident}")
+        return self._kinds[ident]
+
+    def _add(self, kind: _Kind, f: FeatureSpec, agg: str, col: int) -> None:
+        kind.features.append(
+            _KindFeature(
+                col=col,
+                agg=AGG_CODES[agg],
+                res_ms=f.resolution_seconds * 1000,
+                nb=f.n_buckets,
+                delay_ms=f.label_delay_seconds * 1000,
+                reach_ms=f.reach_seconds * 1000,
+                res=f.resolution_seconds * 1000,
+            )
         )
-        self._script = client.register_script(_script_source())
+
+    def _build_kinds(self) -> None:
+        extra = self._n_out
+        for col, f in enumerate(self.spec):
+            if f.agg in LABEL_AGGS:
+                self._add(self._kind("labels", f.entity, None, None), f, "fraud_count", col)
+                if f.agg == "fraud_rate":
+                    fc, cc = extra, extra + 1
+                    extra += 2
+                    self._kinds[_kind_id("labels", f.entity, None, None)].features[-1].col = fc
+                    self._add(self._kind("transactions", f.entity, None, None), f, "count", cc)
+                    self._rates.append((col, fc, cc))
+                continue
+            distinct = f.field if f.agg == "distinct" else None
+            self._add(self._kind(f.source, f.entity, f.filter, distinct), f, f.agg, col)
+        self._n_work = extra
+        lateness_ms = self.allowed_lateness_seconds * 1000
+        for kind in self._kinds.values():
+            aggs = {kf.agg for kf in kind.features}
+            cols = [0, 1]
+            if aggs & {AGG_CODES[a] for a in ("sum", "mean", "std", "ratio")}:
+                cols.append(2)
+            if AGG_CODES["std"] in aggs:
+                cols.append(3)
+            if AGG_CODES["min"] in aggs:
+                cols.append(4)
+            if AGG_CODES["max"] in aggs:
+                cols.append(5)
+            if kind.distinct is not None or kind.source == "labels":
+                cols.append(6)
+            if kind.source == "labels":
+                cols = [0, 6]
+            kind.columns = tuple(cols)
+            reach = max(kf.reach_ms for kf in kind.features)
+            kind.keep_ms = reach + lateness_ms
+            kind.ttl_seconds = math.ceil(kind.keep_ms / 1000) + 60
+            reaches = sorted({kf.reach_ms for kf in kind.features})
+            ages = [0] + [r + 1 for r in reaches[:-1]]
+            kind.tier_age = np.array(ages, dtype=np.int64)
+            kind.tier_res = np.array(
+                [gcd_all(kf.res for kf in kind.features if kf.reach_ms >= a) for a in ages],
+                dtype=np.int64,
+            )
+        self._label_kinds = [k for k in self._kinds.values() if k.source == "labels"]
+
+    # -- introspection ------------------------------------------------------------------------
 
     @property
     def feature_names(self) -> list[str]:
         return list(self._names)
 
-    def state_key(self, entity: str, resolution_seconds: int, value: str) -> str:
-        """The Redis hash holding ``value``'s buckets of the (entity, resolution) group."""
-        return f"{self.prefix}f:{entity}:{resolution_seconds}:{value}"
+    @property
+    def entity_fields(self) -> tuple[str, ...]:
+        """Fields :meth:`update_batch` needs (in ``entities`` or ``fields``) for the spec."""
+        out: set[str] = set()
+        for f in self.spec:
+            if f.source == "transactions":
+                out |= f.event_fields()
+            else:
+                out |= set(f.entity_fields)  # read by transactions
+        return tuple(sorted(out))
 
-    def seen_key(self, event_id: str) -> str:
-        return self._seen_prefix + event_id
+    @property
+    def account_event_fields(self) -> tuple[str, ...]:
+        """Fields :meth:`update_events_batch` needs besides ``type``."""
+        out: set[str] = set()
+        for f in self.spec:
+            if f.source == "events":
+                out |= f.event_fields()
+        out.discard("type")
+        return tuple(sorted(out))
+
+    def kind_keys(self) -> dict[str, str]:
+        """Redis hash of each kind, by kind id."""
+        return {ident: k.key for ident, k in self._kinds.items()}
 
     def warm_up(self) -> None:
         """Compile the kernels now so that the first batch does not pay for it."""
         kernels.warm_up()
+
+    # -- writes -------------------------------------------------------------------------------
 
     def update_batch(
         self,
@@ -180,103 +326,376 @@ class RedisFeatureStore:
         ts_ms: IntArray,
         amounts: FloatArray,
         entities: Mapping[str, Sequence[str]],
+        fields: Mapping[str, Sequence[str]] | None = None,
     ) -> FloatArray:
-        """Apply the batch (idempotent per event id); return its (n, n_features) float64 matrix."""
+        """Apply a batch of transactions (idempotent per event id); return its feature matrix."""
         n = len(event_ids)
-        out = np.empty((n, len(self._names)), dtype=np.float64)
-        if n == 0:
-            return out
-        ts = np.ascontiguousarray(ts_ms, dtype=np.int64)
         amt = np.ascontiguousarray(amounts, dtype=np.float64)
-        if ts.shape != (n,) or amt.shape != (n,):
-            msg = f"ts_ms {ts.shape} and amounts {amt.shape} must have shape ({n},)"
+        if amt.shape != (n,):
+            msg = f"ts_ms and amounts {amt.shape} must have shape ({n},)"
             raise ValueError(msg)
         if not np.isfinite(amt).all():
             msg = "amounts must be finite"
             raise ValueError(msg)
+        return self._apply("transactions", event_ids, ts_ms, amt, entities, fields)
 
-        groups = self._groups
-        ng = len(groups)
-        encoded: dict[str, tuple[IntArray, list[str]]] = {}
-        state_keys: list[str] = []
-        bases: list[int] = []
-        sizes: list[int] = []
-        codes: list[IntArray] = []
-        buckets: list[IntArray] = []
-        lohi: list[IntArray] = []
-        refs = np.empty((n, ng, 2), dtype=np.int64)
-        for g, grp in enumerate(groups):
-            if grp.entity not in encoded:
-                encoded[grp.entity] = _encode(entities.get(grp.entity), n)
-            code, values = encoded[grp.entity]
-            b = ts // grp.res_ms
-            k = len(values)
-            valid = code >= 0
-            lo = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
-            hi = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
-            np.minimum.at(lo, code[valid], b[valid])
-            np.maximum.at(hi, code[valid], b[valid])
-            lohi.append(np.column_stack((lo - (grp.windows[-1] - 1), hi)).ravel())
-            base = len(state_keys)
-            kp = grp.key_prefix
-            state_keys.extend([kp + v for v in values])
-            bases.append(base)
-            sizes.append(k)
-            codes.append(code)
-            buckets.append(b)
-            refs[:, g, 0] = np.where(valid, code + (base + 1), 0)
-            refs[:, g, 1] = b
+    def update_events_batch(
+        self,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        types: Sequence[str],
+        entities: Mapping[str, Sequence[str]],
+        fields: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
+        """Apply a batch of account events (``type``: login, password_change, ...); returns how
+        many were counted (new and not too late). One round trip."""
+        n = len(event_ids)
+        merged = dict(fields or {})
+        merged["type"] = list(types)
+        self._apply("events", event_ids, ts_ms, np.zeros(n), entities, merged)
+        return self._last_counted
 
-        sp = self._seen_prefix
-        keys = [sp + e for e in event_ids]
-        keys.extend(state_keys)
-        args: list[str | int | bytes] = [
-            n,
-            self.seen_ttl_seconds,
-            ng,
-            self._group_meta.format(*sizes),
-            np.concatenate(lohi).astype("<f8").tobytes(),
-            " ".join(map(repr, amt.tolist())),
-            refs.astype("<f8").tobytes(),
+    def _apply(
+        self,
+        source: str,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        amt: FloatArray,
+        entities: Mapping[str, Sequence[str]],
+        fields: Mapping[str, Sequence[str]] | None,
+    ) -> FloatArray:
+        n = len(event_ids)
+        self._last_counted = 0
+        out = np.empty((n, self._n_out if source == "transactions" else 0), dtype=np.float64)
+        if n == 0:
+            return out
+        ts = np.ascontiguousarray(ts_ms, dtype=np.int64)
+        if ts.shape != (n,):
+            msg = f"ts_ms {ts.shape} and amounts must have shape ({n},)"
+            raise ValueError(msg)
+        columns: dict[str, Sequence[Any]] = dict(entities)
+        if fields:
+            columns.update(fields)
+        is_tx = source == "transactions"
+        kinds = [
+            k
+            for k in self._kinds.values()
+            if (k.source == source) or (is_tx and k.source in ("events", "labels"))
         ]
-        flags_raw, meta_raw, data_raw = self._script(keys=keys, args=args, client=self.client)
-
-        flags = np.frombuffer(_as_bytes(flags_raw), dtype=np.uint8)
+        # ids: first occurrence in the batch, grouped by event-time day
+        ids = [str(e) for e in event_ids]
+        uindex: dict[str, int] = {}
+        uid = np.fromiter((uindex.setdefault(e, len(uindex)) for e in ids), np.int64, count=n)
+        nu = len(uindex)
+        first = np.zeros(n, dtype=bool)
+        first_pos = np.full(nu, -1, dtype=np.int64)
+        rev = np.arange(n - 1, -1, -1)
+        first_pos[uid[rev]] = rev
+        first[first_pos] = True
+        uday = ts[first_pos] // DAY_MS
+        uorder = np.argsort(uday, kind="stable")
+        rank = np.empty(nu, dtype=np.int64)
+        rank[uorder] = np.arange(1, nu + 1)
+        days, starts = np.unique(uday[uorder], return_index=True)
+        ends = np.append(starts[1:], nu)
+        ulist = list(uindex)
+        sorted_ids = [ulist[u] for u in uorder.tolist()]
+        if is_tx and self._label_kinds:
+            lab_vals = [entity_values(k.entity, columns, n) for k in self._label_kinds]
+            fp = first_pos[uorder].tolist()
+            tsl = ts.tolist()
+            seen_vals: list[str] = ["\t".join([str(tsl[i]), *(v[i] for v in lab_vals)]) for i in fp]
+        else:
+            seen_vals = ["1"] * nu
+        src = "t" if is_tx else "e"
+        keys: list[str] = [f"{self.prefix}wm:{src}"]
+        keys += [f"{self.prefix}seen:{src}:{int(d)}" for d in days]
+        evbin = np.empty((n, 2), dtype="<f8")
+        evbin[:, 0] = ts
+        evbin[:, 1] = rank[uid]
+        args: list[Any] = [
+            n,
+            nu,
+            len(days),
+            self.allowed_lateness_seconds * 1000,
+            self.seen_ttl_seconds,
+            evbin.tobytes(),
+            np.where(first, ord("1"), ord("0")).astype(np.uint8).tobytes(),
+            " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
+        ]
+        args += sorted_ids
+        args += seen_vals
+        # entity groups
+        groups: dict[str, tuple[int, IntArray, list[str]]] = {}
+        for k in kinds:
+            if k.entity in groups:
+                continue
+            vals = entity_values(k.entity, columns, n)
+            index: dict[str, int] = {}
+            setdefault = index.setdefault
+            code = np.fromiter(
+                (setdefault(v, len(index)) if v else -1 for v in vals), np.int64, count=n
+            )
+            groups[k.entity] = (len(groups) + 1, code, list(index))
+        args.append(len(groups))
+        for _g, _code, values in groups.values():
+            args.append(len(values))
+            args += values
+        # the batch's records (7 columns) and, per kind, which events feed it
+        rec7 = np.zeros((n, 7))
+        rec7[:, 0] = ts
+        rec7[:, 1] = 1.0
+        rec7[:, 2] = amt
+        rec7[:, 3] = amt * amt
+        rec7[:, 4] = amt
+        rec7[:, 5] = amt
+        members: dict[str, BoolArray] = {}
+        hashes: dict[str, FloatArray] = {}
+        for k in kinds:
+            g, code, values = groups[k.entity]
+            keys.append(k.key)
+            write = k.source == source
+            pend = self._pending.pop(k.key, {})
+            args.append(f"{g} {int(write)} {k.width} {k.ttl_seconds} {len(pend)}")
+            if write:
+                m = (code >= 0) & first & filter_mask(k.filter, columns, n)
+                if k.distinct is not None:
+                    dv = columns.get(k.distinct)
+                    if dv is None:
+                        m[:] = False
+                    else:
+                        m &= np.fromiter((bool(v) for v in dv), dtype=bool, count=n)
+                        hashes[k.key] = value_hash(dv)
+                members[k.key] = m
+                idx = np.flatnonzero(m)
+                idx = idx[np.argsort(code[idx], kind="stable")]
+                recs = rec7[idx][:, list(k.columns)]
+                if k.key in hashes:
+                    recs[:, -1] = hashes[k.key][idx]
+                counts = np.bincount(code[idx], minlength=len(values))
+                if counts.size and counts.max() > 65535:
+                    msg = "more than 65535 events of one entity value in a batch"
+                    raise ValueError(msg)
+                pos = np.zeros(n, dtype="<f8")
+                pos[idx] = np.arange(1, len(idx) + 1)
+                args += [
+                    np.ascontiguousarray(recs, dtype="<f8").tobytes(),
+                    counts.astype(">u2").tobytes(),
+                    pos.tobytes(),
+                ]
+            for fld, (hdr, length, value) in pend.items():
+                args += [fld, hdr, length, value]
+        reply = self._eval(self._update, keys, args)
+        flags = np.frombuffer(_as_bytes(reply[0]), dtype=np.uint8)
         if flags.shape[0] != n:
             msg = f"feature script returned {flags.shape[0]} flags for {n} events"
             raise RuntimeError(msg)
-        new = flags == ord("1")
-        meta = kernels.parse_numbers(np.frombuffer(_as_bytes(meta_raw), dtype=np.uint8))
-        meta = meta.reshape(-1, 2)
-        offsets = np.zeros(len(state_keys) + 1, dtype=np.int64)
-        np.cumsum(meta[:, 0].astype(np.int64), out=offsets[1:])
-        floors = meta[:, 1].astype(np.int64)
-        data = kernels.parse_numbers(np.frombuffer(_as_bytes(data_raw), dtype=np.uint8))
-        data = data.reshape(-1, 3)
-        pre_bucket = data[:, 0].astype(np.int64)
-        pre_count = np.ascontiguousarray(data[:, 1])
-        pre_sum = np.ascontiguousarray(data[:, 2])
-
-        for g, grp in enumerate(groups):
-            code, b, base, k = codes[g], buckets[g], bases[g], sizes[g]
-            key_floor = floors[base : base + k]
-            counted = new & (code >= 0)
-            if k:
-                counted &= b >= key_floor[np.maximum(code, 0)]
-            e0, e1 = offsets[base], offsets[base + k]
-            kernels.aggregate_group(
-                code,
-                b,
-                amt,
-                counted,
-                offsets[base : base + k + 1] - e0,
-                pre_bucket[e0:e1],
-                pre_count[e0:e1],
-                pre_sum[e0:e1],
-                grp.windows,
-                grp.col_count,
-                grp.col_sum,
-                grp.col_mean,
-                out,
-            )
+        counted = flags == ord("1")
+        late = int(np.count_nonzero(flags == ord("2")))
+        self.late_events += late
+        self._last_counted = int(np.count_nonzero(counted))
+        wm_pre = int(_as_bytes(reply[1]))
+        wm_now = max(wm_pre, int(ts[counted].max())) if counted.any() else wm_pre
+        work = np.empty((n, self._n_work), dtype=np.float64) if is_tx else None
+        for j, k in enumerate(kinds):
+            _g, code, values = groups[k.entity]
+            data = np.frombuffer(_as_bytes(reply[2 + 2 * j]), dtype=np.uint8)
+            lens_raw = _as_bytes(reply[3 + 2 * j])
+            lens = np.array(lens_raw.split(), dtype=np.int64) if values else np.zeros(0, np.int64)
+            pre_off, pre7, headers = self._decode(k, data, lens)
+            cnt = (counted & members[k.key]) if k.key in members else np.zeros(n, dtype=bool)
+            if work is not None and k.features:
+                feats = k.features
+                batch7 = rec7
+                if k.key in hashes:
+                    batch7 = rec7.copy()
+                    batch7[:, 6] = hashes[k.key]
+                kernels.compute_kind(
+                    code,
+                    cnt.astype(np.int64),
+                    ts,
+                    amt,
+                    batch7,
+                    pre_off,
+                    pre7,
+                    np.array([f.agg for f in feats], dtype=np.int64),
+                    np.array([f.res_ms for f in feats], dtype=np.int64),
+                    np.array([f.nb for f in feats], dtype=np.int64),
+                    np.array([f.delay_ms for f in feats], dtype=np.int64),
+                    np.array([f.col for f in feats], dtype=np.int64),
+                    work,
+                )
+            if values:
+                self._plan_compaction(
+                    k,
+                    code,
+                    cnt,
+                    rec7,
+                    hashes.get(k.key),
+                    values,
+                    pre_off,
+                    pre7,
+                    headers,
+                    lens,
+                    wm_now,
+                )
+        if work is None:
+            return out
+        out[:] = work[:, : self._n_out]
+        for col, fc, cc in self._rates:
+            c = work[:, cc]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, col] = np.where(c > 0, work[:, fc] / np.where(c > 0, c, 1.0), 0.0)
+            out[np.isnan(c), col] = np.nan
         return out
+
+    def _decode(self, k: _Kind, data: Any, lens: IntArray) -> tuple[IntArray, FloatArray, Any]:
+        w = 8 * k.width
+        nrec = np.where(lens > 0, (lens - 8) // w, 0)
+        off = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(nrec, out=off[1:])
+        starts = np.cumsum(lens) - lens
+        has = lens > 0
+        hidx = (starts[has][:, None] + np.arange(8)).ravel()
+        mask = np.ones(data.shape[0], dtype=bool)
+        mask[hidx] = False
+        body = data[mask].view("<f8").reshape(-1, k.width)
+        pre7 = np.zeros((body.shape[0], 7))
+        pre7[:, list(k.columns)] = body
+        headers = np.zeros((len(lens), 8), dtype=np.uint8)
+        headers[has] = data[hidx].reshape(-1, 8)
+        return off, pre7, headers
+
+    def _plan_compaction(
+        self,
+        k: _Kind,
+        code: IntArray,
+        cnt: BoolArray,
+        rec7: FloatArray,
+        hashes: FloatArray | None,
+        values: list[str],
+        pre_off: IntArray,
+        pre7: FloatArray,
+        headers: Any,
+        lens: IntArray,
+        wm_now: int,
+    ) -> None:
+        """Merge/drop the records of the batch's values; written by the next call (CAS)."""
+        kk = len(values)
+        idx = np.flatnonzero(cnt)
+        new = rec7[idx]
+        if hashes is not None:
+            new = new.copy()
+            new[:, 6] = hashes[idx]
+        owner = np.concatenate([np.repeat(np.arange(kk), np.diff(pre_off)), code[idx]])
+        allrec = np.vstack([pre7, new])
+        order = np.argsort(owner, kind="stable")
+        post = np.ascontiguousarray(allrec[order])
+        post_off = np.zeros(kk + 1, dtype=np.int64)
+        np.cumsum(np.bincount(owner, minlength=kk), out=post_off[1:])
+        new_off, comp = kernels.compact(
+            post_off,
+            post,
+            wm_now,
+            self.allowed_lateness_seconds * 1000,
+            k.keep_ms,
+            k.tier_age,
+            k.tier_res,
+            k.distinct is not None,
+            k.source != "labels",
+        )
+        before = np.diff(post_off)
+        after = np.diff(new_off)
+        # rewrite a value only when it at least halves (amortised: appends stay the common case;
+        # the field TTL bounds what an idle value keeps)
+        changed = np.flatnonzero(before - after >= np.maximum(COMPACT_MIN, before // 2))
+        if changed.size == 0:
+            return
+        pend: dict[str, tuple[bytes, int, bytes]] = {}
+        cols = list(k.columns)
+        w = 8 * k.width
+        for j in changed.tolist():
+            hdr = headers[j].tobytes() if lens[j] > 0 else _H0
+            gen = struct.unpack("<d", hdr)[0]
+            length = 8 + int(before[j]) * w
+            body = np.ascontiguousarray(comp[new_off[j] : new_off[j + 1]][:, cols], dtype="<f8")
+            pend[values[j]] = (hdr, length, struct.pack("<d", gen + 1.0) + body.tobytes())
+        self._pending[k.key] = pend
+
+    def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA with the command packed here (redis-py's per-argument packing costs more
+        than the script for a 1,000-event batch); loads the script after NOSCRIPT."""
+        body = _pack_args([*keys, *args])
+        self.round_trips += 1
+        for attempt in range(2):
+            head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (
+                3 + len(keys) + len(args),
+                script.sha.encode(),
+                _bulk(str(len(keys)).encode()),
+            )
+            conn = self.client.connection_pool.get_connection("EVALSHA")
+            try:
+                conn.send_packed_command([head, body], check_health=False)  # type: ignore[no-untyped-call]
+                try:
+                    return conn.read_response()
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                self.client.connection_pool.release(conn)
+            script.sha = self.client.script_load(script.script)
+        raise AssertionError  # pragma: no cover
+
+    # -- labels -------------------------------------------------------------------------------
+
+    def apply_labels_batch(
+        self,
+        event_ids: Sequence[str],
+        label_ts_ms: IntArray | Sequence[int],
+        is_fraud: Sequence[bool] | BoolArray,
+    ) -> int:
+        """Apply labels (one round trip); returns how many fraud labels were applied.
+
+        A label is applied once per event id (the first one whose transaction the store knows;
+        an unknown transaction's label is not remembered, so it may come again). A fraud label
+        adds (transaction time, label time) to the transaction's merchant/card/... of every label
+        feature; ``fraud_count`` for a transaction at ``t`` counts only labels with time <= t.
+        """
+        n = len(event_ids)
+        if n == 0 or not self._label_kinds:
+            return 0
+        lts = np.asarray(label_ts_ms, dtype=np.int64)
+        fraud = np.asarray(is_fraud, dtype=bool)
+        if lts.shape != (n,) or fraud.shape != (n,):
+            msg = f"label_ts_ms and is_fraud must have shape ({n},)"
+            raise ValueError(msg)
+        order = np.argsort(lts // DAY_MS, kind="stable")
+        ids = [str(event_ids[i]) for i in order.tolist()]
+        lts, fraud = lts[order], fraud[order]
+        ldays, starts = np.unique(lts // DAY_MS, return_index=True)
+        ends = np.append(starts[1:], n)
+        reach_days = math.ceil(max(k.keep_ms for k in self._label_kinds) / DAY_MS) + 1
+        lo = int(ldays.min()) - reach_days
+        hi = int(ldays.max()) + 1
+        keys = [f"{self.prefix}lseen:{int(d)}" for d in ldays]
+        keys += [f"{self.prefix}seen:t:{d}" for d in range(hi, lo - 1, -1)]
+        keys += [k.key for k in self._label_kinds]
+        args: list[Any] = [
+            n,
+            len(ldays),
+            hi - lo + 1,
+            len(self._label_kinds),
+            self.seen_ttl_seconds,
+            max(k.ttl_seconds for k in self._label_kinds),
+            " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
+        ]
+        args += ids
+        args += [str(int(x)) for x in lts.tolist()]
+        args += ["1" if f else "0" for f in fraud.tolist()]
+        reply = self._eval(self._labels, keys, args)
+        self.labels_unknown = int(reply[2])
+        self.labels_duplicate = int(reply[3])
+        return int(reply[0])

@@ -1,45 +1,33 @@
--- riskstream feature store: apply one micro-batch atomically and return the pre-batch state.
+-- riskstream feature store: apply one micro-batch atomically; return the pre-batch records.
 --
--- KEYS[1..n]        idempotency keys, one per event:      <prefix>seen:<event_id>
--- KEYS[n+1..n+K]    state hashes, distinct, grouped:      <prefix>f:<entity>:<resolution>:<value>
---                   fields c<bucket> (count, integer) and s<bucket> (sum of amount, float;
---                   only for groups with a sum/mean feature)
--- ARGV[1]  n (number of events)
--- ARGV[2]  TTL of idempotency keys, seconds
--- ARGV[3]  G (number of groups = distinct (entity, resolution))
--- ARGV[4]  per group, space separated: "<keys in group> <keep buckets> <ttl seconds> <has sum 0|1>"
---          (state keys are ordered by group)
--- ARGV[5]  per state key: lo, hi = the bucket range to return (pre-batch state)
--- ARGV[6]  per event: amount, as text (space separated), passed verbatim to HINCRBYFLOAT
--- ARGV[7]  per event, per group: state key number (1..K, 0 if the entity is missing), bucket
--- ARGV[5] and ARGV[7] are packed little-endian float64 (exact for integers < 2^53): decoding them
--- with struct.unpack is several times cheaper than parsing text, on both sides.
+-- Layout: one hash per kind (entity [+ filter] [+ distinct field]); field = entity value; value =
+-- 8-byte header (generation, for compare-and-set compaction) + fixed-width float64 records, appended
+-- in arrival order. Field TTLs (HEXPIRE) bound memory. Idempotency and the label look-up share
+-- one hash per event-time day: field = event id, value = what labels need of the event.
 --
--- Steps: (a) SET NX EX per event id -> new flag; (b) for every state key, read the buckets in
--- [lo, hi] BEFORE any increment, prune buckets older than (newest bucket - keep + 1) with HDEL;
--- (c) for new events, HINCRBY c<b> 1 (+ HINCRBYFLOAT s<b> amount), unless the event is older than
--- the allowed lateness relative to the key's newest stored bucket ("too late": not stored);
--- (d) EXPIRE every written key to its group's horizon (keys only read keep the TTL of their
--- last write, which already covers all the data they hold).
---
--- Reply: { flags, meta, data }
---   flags  n bytes, '1' = new event, '0' = already seen (redelivery)
---   meta   per state key: "<entries> <floor>"; floor = oldest bucket still accepted for writes
---   data   per state key, its entries: "<bucket> <count> <sum>" (sum 0 for count-only groups)
+-- KEYS[1]             watermark (largest counted event time, ms)
+-- KEYS[2..1+nd]       seen hashes, one per event day present in the batch
+-- KEYS[2+nd..]        kind hashes, in kind order
+-- ARGV[1..5]          n, nu (distinct ids), nd, lateness ms, seen TTL s
+-- ARGV[6]             per event, little-endian float64 pairs: ts, unique id number (1..nu)
+-- ARGV[7]             per event '1' = first occurrence of its id in the batch, else '0'
+-- ARGV[8]             per day: "a b" ranges of unique id numbers (ids are ordered by day)
+-- ARGV[9..8+nu]       unique ids;  ARGV[9+nu..8+2nu]  their seen values
+-- then ng, and per entity group: K, K values
+-- then per kind: "group write width ttl ncomp", [records, counts (u16 BE per value), positions
+--   (float64 per event: record number within the kind, 0 = none)] if write, then ncomp x
+--   (field, old header, length, new value)
+-- Reply: { flags (per event: '0' already seen, '1' counted, '2' too late: seen, not stored),
+--          watermark before the batch, per kind: records of the batch's values, their lengths }
 
 local CHUNK = 100
 local FMT = '<' .. string.rep('d', CHUNK)
-
 local function doubles(s)
   local total = string.len(s) / 8
-  local out = {}
-  local pos = 1
-  local m = 0
+  local out, pos, m = {}, 1, 0
   while m + CHUNK <= total do
     local t = { struct.unpack(FMT, s, pos) }
-    for j = 1, CHUNK do
-      out[m + j] = t[j]
-    end
+    for j = 1, CHUNK do out[m + j] = t[j] end
     m = m + CHUNK
     pos = t[CHUNK + 1]
   end
@@ -52,124 +40,182 @@ local function doubles(s)
   return out
 end
 
+local H0 = string.rep('\0', 8)
 local n = tonumber(ARGV[1])
-local seen_ttl = ARGV[2]
-local ngroups = tonumber(ARGV[3])
-local nkeys = #KEYS - n
+local nu = tonumber(ARGV[2])
+local nd = tonumber(ARGV[3])
+local late_ms = tonumber(ARGV[4])
+local seen_ttl = ARGV[5]
+local ev = doubles(ARGV[6])
+local first = ARGV[7]
 
-local keep, ttl, hassum = {}, {}, {}
-local it = string.gmatch(ARGV[4], '%S+')
-local k = 0
-for _ = 1, ngroups do
-  local cnt = tonumber(it())
-  local kp = tonumber(it())
-  local tt = it()
-  local hs = it() == '1'
-  for _ = 1, cnt do
-    k = k + 1
-    keep[k] = kp
-    ttl[k] = tt
-    hassum[k] = hs
-  end
+-- (a) idempotency: which ids were already seen
+local seen = {}
+local it = string.gmatch(ARGV[8], '%S+')
+for d = 1, nd do
+  local a, b = tonumber(it()), tonumber(it())
+  local vals = redis.call('HMGET', KEYS[1 + d], unpack(ARGV, 8 + a, 8 + b))
+  for u = a, b do seen[u] = vals[u - a + 1] end
 end
 
-local lohi = doubles(ARGV[5])
-
--- (a) idempotency
+-- (b) flags in stream order; watermark
+local wm = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
+local run = wm
 local flags = {}
+local drops = false
 for i = 1, n do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', seen_ttl) then
-    flags[i] = '1'
+  local t, u = ev[2 * i - 1], ev[2 * i]
+  if string.byte(first, i) == 49 and not seen[u] then
+    if t < run - late_ms then
+      flags[i] = '2'
+      drops = true
+    else
+      flags[i] = '1'
+      if t > run then run = t end
+    end
   else
     flags[i] = '0'
+    if string.byte(first, i) == 49 then drops = true end
   end
 end
+if run > wm then redis.call('SET', KEYS[1], string.format('%d', run)) end
 
--- (b) pre-batch state + pruning
-local meta, data, floor = {}, {}, {}
-local nd = 0
-for j = 1, nkeys do
-  local key = KEYS[n + j]
-  local h = redis.call('HGETALL', key)
-  local nh = #h
-  if nh == 0 then
-    floor[j] = -math.huge
-    meta[j] = '0 -1e18'
-  else
-    local bn, bstr, sv = {}, {}, {}
-    local maxb = nil
-    for x = 1, nh, 2 do
-      local f = h[x]
-      local bs = string.sub(f, 2)
-      local b = tonumber(bs)
-      bn[x] = b
-      bstr[x] = bs
-      if string.byte(f, 1) == 115 then -- 's'
-        sv[bs] = h[x + 1]
-      end
-      if maxb == nil or b > maxb then maxb = b end
-    end
-    local fl = maxb - keep[j] + 1
-    floor[j] = fl
-    local top = lohi[2 * j]
-    if maxb > top then top = maxb end
-    local prune = top - keep[j] + 1
-    local del, ndel = nil, 0
-    local cnt = 0
-    local l, u = lohi[2 * j - 1], lohi[2 * j]
-    for x = 1, nh, 2 do
-      local b = bn[x]
-      if b < prune then
-        if del == nil then del = {} end
-        ndel = ndel + 1
-        del[ndel] = h[x]
-      end
-      if b >= l and b <= u and string.byte(h[x], 1) == 99 then -- 'c'
-        local bs = bstr[x]
-        data[nd + 1] = bs
-        data[nd + 2] = h[x + 1]
-        data[nd + 3] = sv[bs] or '0'
-        nd = nd + 3
-        cnt = cnt + 1
-      end
-    end
-    for x = 1, ndel, 500 do
-      redis.call('HDEL', key, unpack(del, x, math.min(x + 499, ndel)))
-    end
-    meta[j] = cnt .. ' ' .. string.format('%d', fl)
+-- (c) remember the new ids
+do
+  it = string.gmatch(ARGV[8], '%S+')
+  local isnew = {}
+  for i = 1, n do
+    if flags[i] ~= '0' then isnew[ev[2 * i]] = true end
   end
-end
-
--- (c) increments of the new events
-local amounts = {}
-it = string.gmatch(ARGV[6], '%S+')
-for i = 1, n do
-  amounts[i] = it()
-end
-local written = {}
-local refs = doubles(ARGV[7])
-local r = 0
-for i = 1, n do
-  local new = flags[i] == '1'
-  for _ = 1, ngroups do
-    local kk = refs[r + 1]
-    local b = refs[r + 2]
-    r = r + 2
-    if new and kk > 0 and b >= floor[kk] then
-      local key = KEYS[n + kk]
-      local bs = string.format('%d', b)
-      redis.call('HINCRBY', key, 'c' .. bs, 1)
-      if hassum[kk] then
-        redis.call('HINCRBYFLOAT', key, 's' .. bs, amounts[i])
+  for d = 1, nd do
+    local a, b = tonumber(it()), tonumber(it())
+    local hs, m = {}, 0
+    for u = a, b do
+      if isnew[u] then
+        hs[m + 1] = ARGV[8 + u]
+        hs[m + 2] = ARGV[8 + nu + u]
+        m = m + 2
       end
-      written[kk] = true
+    end
+    if m > 0 then
+      redis.call('HSET', KEYS[1 + d], unpack(hs))
+      redis.call('EXPIRE', KEYS[1 + d], seen_ttl)
     end
   end
 end
 
--- (d) idle entities disappear after the horizon
-for kk in pairs(written) do
-  redis.call('EXPIRE', KEYS[n + kk], ttl[kk])
+-- entity groups
+local p = 9 + 2 * nu
+local ng = tonumber(ARGV[p]); p = p + 1
+local gstart, gsize = {}, {}
+for g = 1, ng do
+  local k = tonumber(ARGV[p])
+  gstart[g] = p + 1
+  gsize[g] = k
+  p = p + 1 + k
 end
 
-return { table.concat(flags), table.concat(meta, ' '), table.concat(data, ' ') }
+local reply = { table.concat(flags), string.format('%d', wm) }
+local kk = 1 + nd
+while p <= #ARGV do
+  kk = kk + 1
+  local key = KEYS[kk]
+  local hit = string.gmatch(ARGV[p], '%S+')
+  local g, write, width, ttl, ncomp =
+    tonumber(hit()), hit() == '1', tonumber(hit()), hit(), tonumber(hit())
+  p = p + 1
+  local recs, counts, posmap
+  if write then
+    recs, counts, posmap = ARGV[p], ARGV[p + 1], ARGV[p + 2]
+    p = p + 3
+  end
+  -- (d) compare-and-set compactions planned by a previous batch
+  if ncomp > 0 then
+    local fl = {}
+    for c = 1, ncomp do fl[c] = ARGV[p + 4 * (c - 1)] end
+    local cur = redis.call('HMGET', key, unpack(fl))
+    local hs, m = {}, 0
+    for c = 1, ncomp do
+      local v = cur[c]
+      local q = p + 4 * (c - 1)
+      local len = tonumber(ARGV[q + 2])
+      if v and string.sub(v, 1, 8) == ARGV[q + 1] and #v >= len then
+        hs[m + 1] = fl[c]
+        hs[m + 2] = ARGV[q + 3] .. string.sub(v, len + 1)
+        m = m + 2
+      end
+    end
+    if m > 0 then
+      redis.call('HSET', key, unpack(hs))
+      local fs = {}
+      for x = 1, m / 2 do fs[x] = hs[2 * x - 1] end
+      redis.call('HEXPIRE', key, ttl, 'FIELDS', m / 2, unpack(fs))
+    end
+    p = p + 4 * ncomp
+  end
+  -- (e) read the values' records; append the batch's counted records
+  local a, k = gstart[g], gsize[g]
+  local lens, data = {}, {}
+  if k > 0 then
+    local vals = redis.call('HMGET', key, unpack(ARGV, a, a + k - 1))
+    for j = 1, k do
+      local v = vals[j]
+      if v then
+        data[j] = v
+        lens[j] = #v
+      else
+        data[j] = ''
+        lens[j] = 0
+      end
+    end
+    if write then
+      local w = 8 * width
+      local dropped = nil
+      if drops then
+        local pos = doubles(posmap)
+        for i = 1, n do
+          if flags[i] ~= '1' and pos[i] > 0 then
+            dropped = dropped or {}
+            dropped[pos[i]] = true
+          end
+        end
+      end
+      local hs, fs, m = {}, {}, 0
+      local r, off = 0, 1
+      for j = 1, k do
+        local hi, lo = string.byte(counts, 2 * j - 1, 2 * j)
+        local cnt = hi * 256 + lo
+        if cnt > 0 then
+          local chunk
+          if dropped then
+            local parts, np = {}, 0
+            for x = 1, cnt do
+              if not dropped[r + x] then
+                np = np + 1
+                parts[np] = string.sub(recs, off + (x - 1) * w, off + x * w - 1)
+              end
+            end
+            chunk = table.concat(parts)
+          else
+            chunk = string.sub(recs, off, off + cnt * w - 1)
+          end
+          r = r + cnt
+          off = off + cnt * w
+          if #chunk > 0 then
+            m = m + 1
+            fs[m] = ARGV[a + j - 1]
+            hs[2 * m - 1] = fs[m]
+            hs[2 * m] = (vals[j] or H0) .. chunk
+          end
+        end
+      end
+      if m > 0 then
+        redis.call('HSET', key, unpack(hs))
+        redis.call('HEXPIRE', key, ttl, 'FIELDS', m, unpack(fs))
+      end
+    end
+  end
+  reply[#reply + 1] = table.concat(data)
+  reply[#reply + 1] = table.concat(lens, ' ')
+end
+return reply

@@ -18,7 +18,8 @@ from features.spec import (
 
 
 def test_default_spec_names_are_stable() -> None:
-    assert feature_names(DEFAULT_SPEC) == [
+    assert len(DEFAULT_SPEC) >= 20
+    assert feature_names(DEFAULT_SPEC)[:8] == [
         "card_id_count_1h",
         "card_id_sum_1h",
         "card_id_mean_1h",
@@ -113,7 +114,12 @@ def test_load_spec(tmp_path: Path) -> None:
         ),
         ("- {entity: card_id, agg: avg, window: 1h, resolution: 1m}\n", "#0.*unknown agg 'avg'"),
         ("- {entity: card_id, agg: count, window: 1h}\n", "#0.*needs 'window' and 'resolution'"),
-        ("- {entity: card_id, agg: count, window: 1h, resolution: 1m, filter: x}\n", "#0.*unknown"),
+        ("- {entity: card_id, agg: count, window: 1h, resolution: 1m, filter: x}\n", "#0.*filter"),
+        ("- {entity: card_id, agg: count, window: 1h, resolution: 1m, colour: x}\n", "#0.*unknown"),
+        (
+            "- {name: d, entity: card_id, agg: distinct, window: 1h, resolution: 1m}\n",
+            r"#0 \(d\).*distinct needs 'field'",
+        ),
         ("- {agg: count, window: 1h, resolution: 1m}\n", "#0.*missing 'entity'"),
         ("- 42\n", "#0: expected a mapping"),
         ("entity: card_id\n", "must be a list"),
@@ -126,3 +132,29 @@ def test_load_spec_errors_name_file_and_entry(tmp_path: Path, text: str, message
     with pytest.raises(ValueError, match=message) as info:
         load_spec(path)
     assert str(path) in str(info.value)
+
+
+def test_load_spec_with_filters_pairs_delay_and_events(tmp_path: Path) -> None:
+    from features.spec import Filter
+
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "- {entity: [card_id, merchant_id], agg: count, window: 30d, resolution: 1d}\n"
+        "- {entity: card_id, agg: distinct, field: merchant_id, window: 24h, resolution: 10m}\n"
+        "- {name: ecom, entity: card_id, agg: count, window: 24h, resolution: 10m,\n"
+        "   filter: {field: channel, in: [ecom, moto]}}\n"
+        "- {entity: merchant_id, agg: fraud_rate, window: 7d, resolution: 6h, label_delay: 7d}\n"
+        "- {name: pw, source: events, entity: customer_id, agg: count, window: 24h,\n"
+        "   resolution: 10m, filter: {field: type, equals: password_change}}\n"
+    )
+    spec = load_spec(path)
+    assert feature_names(spec) == [
+        "card_id_x_merchant_id_count_30d",
+        "card_id_distinct_merchant_id_24h",
+        "ecom",
+        "merchant_id_fraud_rate_7d_delay7d",
+        "pw",
+    ]
+    assert spec[2].filter == Filter("channel", in_=("ecom", "moto"))
+    assert spec[3].label_delay_seconds == 7 * 86400
+    assert spec[4].source == "events"

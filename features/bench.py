@@ -1,0 +1,116 @@
+"""Feature update+read throughput on synthetic data with realistic key cardinality.
+
+``measure(client)`` streams ``n_events`` transactions (5,000 cards on 3,500 customers, 10,000
+merchants with skewed popularity, a device and an IP per card mostly, about 10,000 events per
+simulated day, so entities accumulate weeks of history) through :class:`RedisFeatureStore` in
+batches, after a warm-up that is not timed, and reports events/s and round trips per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+
+from features.spec import DEFAULT_SPEC, FeatureSpec
+from features.store import RedisFeatureStore
+
+T0 = 1_767_225_600_000
+
+
+class _CountingRedis(redis.Redis):
+    calls = 0
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        type(self).calls += 1
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
+def synthetic(n: int, seed: int = 0, per_day: int = 10_000) -> dict[str, object]:
+    rng = np.random.default_rng(seed)
+    cards = rng.integers(0, 5000, n)
+    pop = rng.zipf(1.6, n) % 10_000
+    hosts = rng.integers(1, 3, n)
+    ts = T0 + np.sort(rng.integers(0, int(n / per_day * 86_400_000) + 1, n))
+    return {
+        "ids": [f"ev{seed}_{i}" for i in range(n)],
+        "ts": ts.astype(np.int64),
+        "amount": np.round(rng.lognormal(3.5, 1.0, n), 2),
+        "card_id": [f"card_{c:06d}" for c in cards],
+        "customer_id": [f"cust_{c * 7 // 10:06d}" for c in cards],
+        "merchant_id": [f"merch_{m:05d}" for m in pop],
+        "device_id": [f"dev_{c:06d}" for c in np.where(rng.random(n) < 0.9, cards, cards + 7)],
+        "ip": [f"10.{c // 250}.{c % 250}.{d}" for c, d in zip(cards, hosts, strict=True)],
+        "channel": rng.choice(np.array(["pos", "ecom", "atm"]), n, p=[0.6, 0.35, 0.05]).tolist(),
+    }
+
+
+def measure(
+    client: redis.Redis,
+    n_events: int = 200_000,
+    batch_size: int = 1000,
+    spec: Sequence[FeatureSpec] = DEFAULT_SPEC,
+    warm_events: int = 100_000,
+) -> dict[str, float]:
+    """Throughput of update_batch (+ the read of every feature) on a flushed database."""
+    import time
+
+    counting = _CountingRedis(connection_pool=client.connection_pool)
+    counting.flushdb()
+    store = RedisFeatureStore(counting, spec)
+    store.warm_up()
+    data = synthetic(warm_events + n_events)
+    ids, ts, amount = data["ids"], data["ts"], data["amount"]
+    if not (
+        isinstance(ids, list) and isinstance(ts, np.ndarray) and isinstance(amount, np.ndarray)
+    ):
+        raise TypeError
+    fields = ("card_id", "customer_id", "merchant_id", "device_id", "ip", "channel")
+    cols = {f: data[f] for f in fields}
+
+    def run(a: int, b: int) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        batches = 0
+        for s in range(a, b, batch_size):
+            e = min(s + batch_size, b)
+            ents = {f: v[s:e] for f, v in cols.items()}  # type: ignore[index]
+            store.update_batch(ids[s:e], ts[s:e], amount[s:e], ents)
+            batches += 1
+        return time.perf_counter() - t0, batches
+
+    run(0, warm_events)
+    _CountingRedis.calls = 0
+    trips0 = store.round_trips
+    secs, batches = run(warm_events, warm_events + n_events)
+    trips = (_CountingRedis.calls + store.round_trips - trips0) / max(batches, 1)
+    mem = {}
+    for name, prefix in (("card", "t:card_id"), ("merchant", "t:merchant_id")):
+        total = 0
+        n_vals = 0
+        for ident, key in store.kind_keys().items():
+            if (
+                ident == prefix
+                or ident.startswith(prefix + ":")
+                or ident == "l:merchant_id"
+                and name == "merchant"
+            ):
+                total += int(counting.memory_usage(key, samples=0) or 0)
+                if ident == prefix:
+                    n_vals = int(counting.hlen(key))
+        mem[name] = total / max(n_vals, 1)
+    return {
+        "features_events_per_second": n_events / secs,
+        "features_round_trips_per_batch": trips,
+        "features_batch_size": float(batch_size),
+        "features_count": float(len(spec)),
+        "features_bytes_per_card": mem["card"],
+        "features_bytes_per_merchant": mem["merchant"],
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+    import sys
+
+    print(json.dumps(measure(redis.Redis.from_url(sys.argv[1])), indent=1))
