@@ -31,3 +31,11 @@ class UnknownModelError(KeyError):
 
 class ModelIntegrityError(RuntimeError):
     """A stored model's content does not hash to the version it is filed under."""
+
+
+class ModelLoadError(ModelIntegrityError):
+    """A stored model file exists but cannot be loaded (corrupt, truncated, unreadable)."""
+
+
+class RoleError(ValueError):
+    """A role change that would leave the registry inconsistent (e.g. retiring the champion)."""

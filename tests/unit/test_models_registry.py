@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pytest
 
-from models.errors import ModelIntegrityError, UnknownModelError
+from models.errors import ModelIntegrityError, ModelLoadError, RoleError, UnknownModelError
 from models.lgbm import LightGBMScorer
 from models.registry import ModelRegistry
 
@@ -72,7 +73,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert ModelRegistry(tmp_path / "models").champion_version() == v1
     assert reg.load(v2).version == v2
     leftovers = [p.name for p in (tmp_path / "models").iterdir()]
-    assert sorted(leftovers) == sorted([v1, v2, "champion"])  # no temp files/dirs left behind
+    assert sorted(leftovers) == sorted([v1, v2, "roles.json", ".roles.lock"])  # no temp files
 
 
 def test_register_is_idempotent(tmp_path: Path) -> None:
@@ -101,4 +102,104 @@ def test_tampered_model_is_detected(tmp_path: Path) -> None:
     other = make_scorer(6)
     (tmp_path / v / "model.txt").write_text(other.model_text)
     with pytest.raises(ModelIntegrityError):
+        reg.load(v)
+
+
+# -- roles ---------------------------------------------------------------------------------------
+
+
+def three(tmp_path: Path) -> tuple[ModelRegistry, str, str, str]:
+    reg = ModelRegistry(tmp_path)
+    a, b, c = (reg.register(make_scorer(r)) for r in (5, 6, 7))
+    return reg, a, b, c
+
+
+def test_roles_champion_shadows_retired(tmp_path: Path) -> None:
+    reg, a, b, c = three(tmp_path)
+    assert {reg.role(v) for v in (a, b, c)} == {"candidate"}
+    reg.promote(a)
+    reg.shadow(b)
+    reg.shadow(c)
+    assert reg.shadow_versions() == [b, c]
+    listed = {m["version"]: m["role"] for m in reg.list()}
+    assert listed == {a: "champion", b: "shadow", c: "shadow"}
+
+    roles = reg.promote(b)  # the shadow wins: it stops being a shadow, the old champion retires
+    assert (roles.champion, roles.shadows, roles.retired) == (b, (c,), (a,))
+    assert reg.role(a) == "retired" and reg.champion_version() == b
+
+    reg.retire(c)
+    assert reg.shadow_versions() == [] and reg.role(c) == "retired"
+    reg.shadow(a)  # a retired model can come back as a shadow (or be promoted: rollback)
+    assert reg.roles().retired == (c,) and reg.shadow_versions() == [a]
+    history = reg.roles().history
+    assert [(h["action"], h["version"]) for h in history][-2:] == [("retire", c), ("shadow", a)]
+    assert history[-1]["previous_role"] == "retired"
+
+
+def test_role_changes_that_would_break_the_engine_are_refused(tmp_path: Path) -> None:
+    reg, a, b, _ = three(tmp_path)
+    reg.promote(a)
+    with pytest.raises(RoleError, match="champion"):
+        reg.retire(a)
+    with pytest.raises(RoleError, match="champion"):
+        reg.shadow(a)
+    assert reg.champion_version() == a and reg.shadow_versions() == []
+    with pytest.raises(UnknownModelError):
+        reg.shadow("0123456789ab")
+    reg.shadow(b)
+    reg.shadow(b)  # idempotent: listed once
+    assert reg.shadow_versions() == [b]
+
+
+def test_legacy_champion_file_is_read_and_migrated(tmp_path: Path) -> None:
+    reg, a, b, _ = three(tmp_path)
+    (tmp_path / "champion").write_text(a + "\n")
+    assert reg.champion_version() == a and reg.role(a) == "champion"
+    reg.shadow(b)
+    assert not (tmp_path / "champion").exists()
+    assert reg.champion_version() == a and reg.shadow_versions() == [b]
+
+
+def test_concurrent_role_changes_are_not_lost(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    versions = [reg.register(make_scorer(r)) for r in range(3, 11)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda v: ModelRegistry(tmp_path).shadow(v), versions))
+    assert sorted(reg.shadow_versions()) == sorted(versions)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and "tmp" in p.name] == []
+
+
+def test_corrupt_model_file_raises_a_clear_load_error(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    v = reg.register(make_scorer(5))
+    (tmp_path / v / "model.txt").write_text("this is not a LightGBM model\n")
+    with pytest.raises(ModelLoadError, match=rf"model file .*{v}.* does not hash to its version"):
+        reg.load(v)
+    reg.promote(v)
+    with pytest.raises(ModelLoadError):
+        reg.load_champion()
+    (tmp_path / v / "model.txt").write_bytes(make_scorer(5).model_text.encode()[:200])  # truncated
+    with pytest.raises(ModelLoadError):
+        reg.load(v)
+
+
+def test_missing_model_file_raises_unknown_model(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    v = reg.register(make_scorer(5))
+    reg.promote(v)
+    (tmp_path / v / "model.txt").unlink()
+    with pytest.raises(UnknownModelError, match=v):
+        reg.load_champion()
+    assert reg.list() == []  # a model without its file is not listed
+
+
+def test_model_file_disagreeing_with_metadata_features_is_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    v = reg.register(make_scorer(5))
+    meta_path = tmp_path / v / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["feature_names"] = ["a", "c", "b"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="metadata"):
         reg.load(v)
