@@ -1,0 +1,139 @@
+"""In-process replay through the real pipeline and a real Redis-protocol server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+import redis
+import typer
+from typer.testing import CliRunner
+
+from engine import cli_replay
+from engine.build import build_service
+from engine.settings import Settings
+from replay.replay import ReplayOptions, ReplaySink, replay_inprocess, run_replay
+from replay.simulate import simulate
+from replay.sources import write_transactions
+
+pytestmark = pytest.mark.integration
+
+DAY = 86_400_000
+
+
+@pytest.fixture
+def settings(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def world() -> pd.DataFrame:
+    return simulate(days=3, seed=5, n_customers=150, n_merchants=40)
+
+
+def test_decisions_parquet_has_one_row_per_transaction(
+    settings: Settings, world: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = tmp_path / "tx.parquet"
+    write_transactions(world, path)
+    out = tmp_path / "out"
+    result = run_replay(ReplayOptions(path, label_delay_ms=DAY, out=out, progress=False,
+                                      batch_size=256), settings)  # fmt: skip
+    assert result.complete and result.sent["transaction"] == len(world)
+    assert result.valid["transaction"] == len(world) and sum(result.dead.values()) == 0
+    n_labels = int((world["ts"] + DAY < world["ts"].max() + 1).sum())
+    assert result.sent["label"] == len(world) and n_labels <= len(world)
+    d = pd.read_parquet(out / "decisions.parquet")
+    assert d["event_id"].tolist() == world["event_id"].tolist()
+    assert list(d.columns[:10]) == ["event_id", "card_id", "ts", "amount", "score", "decision",
+                                   "reasons", "rule_set", "model", "mode"]  # fmt: skip
+    names = build_service(settings, live=False).pipeline.features.feature_names
+    assert list(d.columns[10:]) == list(names)
+    assert d["score"].between(0, 1).all()
+    assert set(d["decision"]) <= {"allow", "review", "block"}
+    assert (d["ts"].to_numpy() == world["ts"].to_numpy()).all()
+    assert sum(result.decisions.values()) == len(world)
+    assert d["card_id_count_24h"].min() >= 1  # a transaction counts in its own window
+    assert not (out / ".decisions-parts").exists()
+
+
+def test_malformed_rows_become_dead_letters(settings: Settings, tmp_path: Path) -> None:
+    base = {"card_id": "card_1", "merchant_id": "m1", "amount": 12.5}
+    t0 = 1_767_225_600_000
+    lines = [orjson.dumps({**base, "event_id": f"e{i}", "ts": t0 + i}) for i in range(5)]
+    lines.insert(2, b"not json at all")
+    no_card = {"event_id": "bad", "ts": t0 + 2, "merchant_id": "m", "amount": 1}
+    lines.insert(4, orjson.dumps(no_card))
+    lines.append(orjson.dumps({**base, "event_id": "neg", "ts": t0 + 9, "amount": -3}))
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    result = run_replay(ReplayOptions(path, out=out, progress=False), settings)
+    assert result.valid["transaction"] == 5 and result.dead["transaction"] == 3
+    assert result.dead_reasons == {"not_json": 1, "missing_field": 1, "invalid_amount": 1}
+    dead = [orjson.loads(x) for x in (out / "dead_letters.jsonl").read_bytes().splitlines()]
+    assert sorted(x["reason"] for x in dead) == ["invalid_amount", "missing_field", "not_json"]
+    assert len(pd.read_parquet(out / "decisions.parquet")) == 5
+
+
+def test_interrupted_replay_resumes_and_writes_every_decision_once(
+    settings: Settings, world: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = tmp_path / "tx.csv"
+    write_transactions(world, path)
+    out = tmp_path / "out"
+    opts: dict[str, Any] = {"label_delay_ms": DAY // 2, "out": out, "progress": False,
+                            "batch_size": 100, "part_rows": 250,
+                            "max_defer_ms": 600_000}  # fmt: skip
+    service = build_service(settings, sink=ReplaySink("dead-letter"), live=False)
+    real = service.process_transactions
+    calls = {"n": 0}
+
+    def flaky(messages: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return real(messages)
+
+    service.process_transactions = flaky  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        replay_inprocess(ReplayOptions(path, **opts), settings, service=service)
+    assert (out / "replay-checkpoint.json").exists()
+    first = orjson.loads((out / "replay-checkpoint.json").read_bytes())
+    assert 0 < first["position"]["transactions"] < len(world) and first["parts"] >= 1
+    result = run_replay(ReplayOptions(path, resume=True, **opts), settings)
+    assert result.resumed and result.complete
+    d = pd.read_parquet(out / "decisions.parquet")
+    assert d["event_id"].tolist() == world["event_id"].tolist()
+    assert result.sent["transaction"] == len(world)
+    again = run_replay(ReplayOptions(path, resume=True, **opts), settings)
+    assert again.complete  # nothing left to do
+
+
+def test_cli_simulate_handbook_and_replay(settings: Settings, tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command(name="simulate")(cli_replay.simulate)
+    app.command(name="replay")(cli_replay.replay)
+    runner = CliRunner()
+    path = tmp_path / "hb.parquet"
+    res = runner.invoke(app, ["simulate", "--profile", "handbook", "--days", "4", "--customers",
+                              "100", "--merchants", "200", "--out", str(path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    hb = pd.read_parquet(path)
+    assert hb["merchant_id"].str.startswith("T").all()
+    env = {"RISKSTREAM_REDIS_URL": settings.redis_url, "RISKSTREAM_DATA_DIR": str(tmp_path)}
+    res = runner.invoke(app, ["replay", "--transactions", str(path), "--to", "inprocess",
+                              "--label-delay", "1d", "--out", str(tmp_path / "o"),
+                              "--from", "2018-04-02", "--until", "2018-04-04",
+                              "--no-progress"], env=env)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = pd.read_parquet(tmp_path / "o" / "decisions.parquet")
+    lo, hi = pd.Timestamp("2018-04-02", tz="UTC"), pd.Timestamp("2018-04-04", tz="UTC")
+    in_window = hb[(hb["ts"] >= lo.value // 10**6) & (hb["ts"] < hi.value // 10**6)]
+    assert d["event_id"].tolist() == in_window["event_id"].tolist()
+    res = runner.invoke(app, ["replay", "--transactions", str(path), "--to", "nowhere"])
+    assert res.exit_code != 0
+    assert isinstance(res.exception, cli_replay.ReplayUsageError)
