@@ -19,6 +19,8 @@ from engine.settings import Settings
 from engine.sinks import KafkaSink, MemorySink, NullSink
 from features.spec import DEFAULT_SPEC
 from features.store import RedisFeatureStore
+from models.anomaly import AnomalyModel
+from models.evaluation import RollingEvaluator
 from models.online import OnlineLogisticModel
 from models.registry import ModelRegistry
 from rules.reload import RuleSetWatcher
@@ -40,6 +42,25 @@ def online_model(checkpoint: Path, feature_names: list[str]) -> OnlineLogisticMo
     return OnlineLogisticModel(feature_names)
 
 
+class ServerTooOldError(RuntimeError):
+    """The Redis-protocol server lacks a command the feature store relies on."""
+
+
+def check_server(client: redis.Redis) -> None:
+    """Fail at start, with one clear line, on a server without hash-field expiry (HEXPIRE)."""
+    try:  # a probe on a key that does not exist: [-2] where supported, an error where not
+        client.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            "HEXPIRE", "rs:probe:hexpire", 1, "FIELDS", 1, "f"
+        )
+    except redis.ResponseError:
+        version = client.info("server").get("redis_version", "?")
+        msg = (
+            f"the Redis server at {client.connection_pool.connection_kwargs.get('host')} "
+            f"(redis_version {version}) has no HEXPIRE: use Redis >= 7.4 or Valkey >= 9"
+        )
+        raise ServerTooOldError(msg) from None
+
+
 def build_service(
     settings: Settings,
     sink: KafkaSink | MemorySink | NullSink | None = None,
@@ -48,6 +69,7 @@ def build_service(
     live: bool = True,
 ) -> ScoringService:
     client = client or redis.Redis.from_url(settings.redis_url)
+    check_server(client)
     store = RedisFeatureStore(client, DEFAULT_SPEC)
     store.warm_up()
     watcher = RuleSetWatcher(
@@ -61,15 +83,31 @@ def build_service(
         except Exception:
             log.exception("champion model unreadable; deciding with rules only until a good one")
     online = online_model(settings.checkpoints_dir / "online.pkl", store.feature_names)
+    anomaly = AnomalyModel.load_or_new(
+        settings.checkpoints_dir / "anomaly.pkl", store.feature_names
+    )
+    anomaly.warm_up()
     pipeline = Pipeline(
         store,
         rules,
         Policy(settings.review_threshold, settings.block_threshold),
         champion=champion,
         online=online,
+        anomaly=anomaly,
     )
     if champion is not None:
         metrics.MODEL_INFO.labels(champion.version, "champion").set(1)
     metrics.MODEL_INFO.labels(online.version, "online").set(1)
+    metrics.MODEL_INFO.labels(anomaly.version, "anomaly").set(1)
+    evaluation = settings.checkpoints_dir / "evaluation.json"
+    evaluator = (
+        RollingEvaluator.load(evaluation)
+        if evaluation.exists()
+        else RollingEvaluator(5000, settings.review_threshold)
+    )
     sink = sink if sink is not None else KafkaSink(settings.kafka_bootstrap)
-    return ScoringService(settings, pipeline, client, sink, live=live, rules_watcher=watcher)
+    service = ScoringService(settings, pipeline, client, sink, live=live, rules_watcher=watcher)
+    service.evaluator = evaluator
+    if use_registry:
+        service.refresh_models(settings.models_dir, every_seconds=0)  # shadows too
+    return service

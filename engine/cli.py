@@ -31,9 +31,14 @@ console = Console(stderr=True)
 
 
 def _add_subcommands() -> None:
+    from engine import cli_models, cli_replay
     from engine.cli_rules import app as rules_app
 
     app.add_typer(rules_app, name="rules")
+    app.add_typer(cli_models.app, name="models")
+    app.command("train")(cli_models.train)
+    app.command("simulate")(cli_replay.simulate)
+    app.command("replay")(cli_replay.replay)
 
 
 _add_subcommands()
@@ -100,33 +105,6 @@ def worker(
         faust.Worker(faust_app, loglevel=loglevel.upper()).execute_from_commandline()
     finally:  # the online model keeps what it learned across restarts
         runtime.locked(service.checkpoint)
-
-
-@app.command()
-def simulate(
-    out: Annotated[Path, typer.Option(help="Output file: .parquet, .csv or .jsonl.")],
-    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 30,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 0,
-    customers: Annotated[int, typer.Option(min=1)] = 5000,
-    merchants: Annotated[int, typer.Option(min=1)] = 1000,
-    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-01-01",
-) -> None:
-    """Write a realistic, labelled transactions file."""
-    if out.suffix not in (".parquet", ".csv", ".jsonl", ".json"):
-        msg = f"--out must end in .parquet, .csv or .jsonl, not {out.suffix or out.name!r}"
-        raise CliError(msg)
-    from replay.simulate import simulate as run
-    from replay.sources import write_transactions
-
-    t0 = time.perf_counter()
-    df = run(days=days, seed=seed, start=start, n_customers=customers, n_merchants=merchants)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_transactions(df, out)
-    frauds = int(df["is_fraud"].sum())
-    console.print(
-        f"wrote {len(df):,} transactions ({frauds:,} fraud, {frauds / max(1, len(df)):.2%}) "
-        f"to {out} in {time.perf_counter() - t0:.1f}s"
-    )
 
 
 @app.command()

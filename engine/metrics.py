@@ -63,6 +63,12 @@ MODEL_AVERAGE_PRECISION = Gauge(
     ["version"],
     registry=REGISTRY,
 )
+MODEL_REVIEW_PRECISION = Gauge(
+    "riskstream_model_review_precision",
+    "Rolling precision of the transactions a model version flagged (review or block).",
+    ["version"],
+    registry=REGISTRY,
+)
 DEGRADED_DECISIONS = Counter(
     "riskstream_degraded_decisions_total",
     "Decisions made without the champion model (rules only), by reason.",

@@ -15,12 +15,17 @@ from typing import Any
 import numpy as np
 
 from engine.policy import ALLOW, Policy
-from engine.protocols import BatchScorer, FeatureStore, FloatArray, OnlineLearner, RuleSetLike
+from engine.protocols import (
+    BatchScorer,
+    FeatureStore,
+    FloatArray,
+    OnlineLearner,
+    OnlineScorer,
+    RuleSetLike,
+)
 
 log = logging.getLogger(__name__)
 
-#: Event fields a feature spec may key on; passed to the store for every batch.
-ENTITY_FIELDS = ("card_id", "merchant_id", "customer_id", "device_id", "ip")
 STAGES = ("decode", "features", "rules", "model", "emit")
 
 
@@ -83,6 +88,7 @@ class Pipeline:
         champion: BatchScorer | None = None,
         online: OnlineLearner | None = None,
         shadows: Sequence[BatchScorer] = (),
+        anomaly: OnlineScorer | None = None,
     ) -> None:
         self.features = features
         self.rules = rules
@@ -90,6 +96,7 @@ class Pipeline:
         self.champion = champion
         self.online = online
         self.shadows = list(shadows)
+        self.anomaly = anomaly
 
     def score_batch(self, records: Sequence[dict[str, Any]]) -> ScoredBatch:
         """Score validated records (as :func:`engine.schemas.decode_batch` produces them)."""
@@ -99,7 +106,7 @@ class Pipeline:
         event_ids = [r["event_id"] for r in records]
         ts_ms = np.fromiter((r["ts"] for r in records), dtype=np.int64, count=n)
         amounts = np.fromiter((r["amount"] for r in records), dtype=np.float64, count=n)
-        entities = {f: [r.get(f) or "" for r in records] for f in ENTITY_FIELDS}
+        entities = {f: [_text(r.get(f)) for r in records] for f in self.features.entity_fields}
         names = self.features.feature_names
         x = self.features.update_batch(event_ids, ts_ms, amounts, entities)
         timings["features"] = time.perf_counter() - t0
@@ -123,8 +130,13 @@ class Pipeline:
 
         scores, model_version, mode, explain = self._champion_scores(x, names)
         shadow: dict[str, FloatArray] = {}
-        if self.online is not None:
-            shadow[self.online.version] = self.online.score_batch(x)
+        for side in (self.online, self.anomaly):
+            if side is None:
+                continue
+            try:
+                shadow[side.version] = side.score_batch(x)
+            except Exception:  # side models never take the batch down
+                log.exception("model %s failed", side.version)
         for s in self.shadows:
             try:
                 shadow[s.version] = s.score_batch(_columns(x, names, s.feature_names))
@@ -194,6 +206,10 @@ class Pipeline:
             d = decisions[i]
             d.contributions = [{"feature": f, "value": v, "contribution": c} for f, v, c in top]
             d.reasons.extend(f"model:{f}" for f, _, c in top if c > 0)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
 
 
 def _columns(x: FloatArray, have: Sequence[str], want: Sequence[str]) -> FloatArray:

@@ -24,14 +24,42 @@ class FeatureStore(Protocol):
     @property
     def feature_names(self) -> list[str]: ...
 
+    @property
+    def entity_fields(self) -> tuple[str, ...]:
+        """Event fields the spec keys or filters on; the pipeline passes exactly these."""
+        ...
+
+    @property
+    def account_event_fields(self) -> tuple[str, ...]: ...
+
+    late_events: int
+
     def update_batch(
         self,
         event_ids: Sequence[str],
         ts_ms: IntArray,
         amounts: FloatArray,
         entities: Mapping[str, Sequence[str]],
+        fields: Mapping[str, Sequence[str]] | None = None,
     ) -> FloatArray:
         """Apply the batch (idempotent per event id); return an (n, n_features) matrix."""
+        ...
+
+    def update_events_batch(
+        self,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        types: Sequence[str],
+        entities: Mapping[str, Sequence[str]],
+        fields: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
+        """Account events (login, password_change, ...) that transaction features read."""
+        ...
+
+    def apply_labels_batch(
+        self, event_ids: Sequence[str], label_ts_ms: Sequence[int], is_fraud: Sequence[bool]
+    ) -> int:
+        """Labels for label-based features; counted only from their arrival time on."""
         ...
 
 
@@ -73,6 +101,19 @@ class BatchScorer(Protocol):
     ) -> list[list[tuple[str, float, float]]]:
         """Top contributions per row: (feature name, value, contribution)."""
         ...
+
+
+class OnlineScorer(Protocol):
+    """A model that scores every transaction and learns without labels (anomaly detection)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def score_batch(self, features: FloatArray) -> FloatArray: ...
+
+    def learn_batch(self, features: FloatArray) -> None: ...
+
+    def save(self, path: Path) -> None: ...
 
 
 class OnlineLearner(Protocol):

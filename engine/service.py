@@ -19,7 +19,7 @@ import orjson
 import redis
 
 from engine import metrics
-from engine.pipeline import Pipeline, ScoredBatch
+from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
 from engine.review.store import QUEUE_KEY, add_cases
 from engine.schemas import (
@@ -33,11 +33,14 @@ from engine.schemas import (
 )
 from engine.settings import Settings
 from engine.sinks import KafkaSink, MemorySink, NullSink
+from models.evaluation import RollingEvaluator
 from rules.reload import RuleSetWatcher
 
 log = logging.getLogger(__name__)
 
 FEATURE_LOG_PREFIX = "rs:fv:"
+#: Scores of every model version at scoring time, for online evaluation when the label arrives.
+SCORE_LOG_PREFIX = "rs:sv:"
 #: SET ... EX for every key/value pair in one command: one packed command per batch instead of
 #: one per event (redis-py spends ~5 µs packing each command).
 _SET_MANY_EX = """
@@ -46,7 +49,6 @@ for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
 return #KEYS
 """
 LABEL_SEEN_PREFIX = "rs:label:"
-ACCOUNT_PREFIX = "rs:acct:"
 
 
 @dataclass
@@ -60,6 +62,14 @@ class BatchReport:
     latencies: list[float] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     learned: int = 0
+
+
+def _score_record(d: Decision) -> dict[str, Any]:
+    """What online evaluation needs when the label arrives: each version's score and flag."""
+    scores = dict(d.shadow)
+    if d.mode == "normal":  # a degraded 0.0 is not a model score
+        scores[d.model] = d.score
+    return {"scores": scores, "flagged": {d.model: d.decision != "allow"}}
 
 
 class ScoringService:
@@ -83,6 +93,9 @@ class ScoringService:
         self.live = live
         self.rules_watcher = rules_watcher
         self._set_many_ex = client.register_script(_SET_MANY_EX)
+        self.evaluator = RollingEvaluator(5000, settings.review_threshold)
+        self._bad_shadows: set[str] = set()
+        self._late_seen = 0
         self._models_checked = 0.0
         self._champion_version = pipeline.champion.version if pipeline.champion else None
 
@@ -101,6 +114,13 @@ class ScoringService:
         if scored is not None:
             self._emit_decisions(scored, decoded.records, decoded.arrived_at, report)
         self.sink.flush()
+        late = self.pipeline.features.late_events
+        if late > self._late_seen:
+            metrics.LATE_EVENTS.inc(late - self._late_seen)
+            self._late_seen = late
+        anomaly = self.pipeline.anomaly
+        if scored is not None and anomaly is not None:
+            anomaly.learn_batch(scored.features)  # unsupervised: after scoring, never before
         t3 = time.perf_counter()
         now = time.time()
         if scored is not None:
@@ -156,8 +176,13 @@ class ScoringService:
                 send(s.topic_review, key, dumps(case))
         if live:
             self._set_many_ex(
-                keys=[FEATURE_LOG_PREFIX + d.event_id for d in scored.decisions],
-                args=[self.feature_log_ttl, *(row.tobytes() for row in x)],
+                keys=[FEATURE_LOG_PREFIX + d.event_id for d in scored.decisions]
+                + [SCORE_LOG_PREFIX + d.event_id for d in scored.decisions],
+                args=[
+                    self.feature_log_ttl,
+                    *(row.tobytes() for row in x),
+                    *(dumps(_score_record(d)) for d in scored.decisions),
+                ],
                 client=pipe,
             )
         add_cases(pipe, cases)
@@ -194,17 +219,19 @@ class ScoringService:
     # -- account events -----------------------------------------------------------------------
 
     def process_events(self, messages: Sequence[RawMessage]) -> BatchReport:
-        """Validate account events and keep, per customer/card, the last time of each type."""
+        """Validate account events and feed them to the feature store (password changes, new
+        devices, login countries ... become transaction features)."""
         decoded = decode_batch(messages, ACCOUNT_EVENT, self.settings.max_payload_bytes)
         self._emit_dead(decoded.dead, self.settings.topic_events)
-        if decoded.records:
-            pipe = self.redis.pipeline(transaction=False)
-            for r in decoded.records:
-                owner = r.get("customer_id") or r.get("card_id")
-                key = f"{ACCOUNT_PREFIX}{owner}"
-                pipe.hset(key, r["type"], r["ts"])
-                pipe.expire(key, 90 * 86400)
-            pipe.execute()
+        recs = decoded.records
+        if recs:
+            store = self.pipeline.features
+            store.update_events_batch(
+                [r["event_id"] for r in recs],
+                np.fromiter((r["ts"] for r in recs), dtype=np.int64, count=len(recs)),
+                [r["type"] for r in recs],
+                {f: [str(r.get(f) or "") for r in recs] for f in store.account_event_fields},
+            )
         self.sink.flush()
         metrics.EVENTS.labels(self.settings.topic_events, "valid").inc(len(decoded.records))
         metrics.EVENTS.labels(self.settings.topic_events, "invalid").inc(len(decoded.dead))
@@ -220,6 +247,11 @@ class ScoringService:
         topic = self.settings.topic_labels
         if decoded.records:
             records = decoded.records
+            self.pipeline.features.apply_labels_batch(
+                [r["event_id"] for r in records],
+                [int(r["ts"]) for r in records],
+                [bool(r["is_fraud"]) for r in records],
+            )
             vectors = self.redis.mget([FEATURE_LOG_PREFIX + r["event_id"] for r in records])
             known = [(r, v) for r, v in zip(records, vectors, strict=True) if v is not None]
             unknown = len(records) - len(known)
@@ -230,14 +262,17 @@ class ScoringService:
             firsts = pipe.execute() if known else []
             rows: list[np.ndarray[Any, np.dtype[np.float64]]] = []
             ys: list[bool] = []
+            learned_ids: list[str] = []
             duplicates = 0
             for (r, vector), first in zip(known, firsts, strict=True):
                 if not first:
                     duplicates += 1
                 else:
+                    learned_ids.append(r["event_id"])
                     buf = vector.encode("latin-1") if isinstance(vector, str) else vector
                     rows.append(np.frombuffer(buf, dtype=np.float64))
                     ys.append(bool(r["is_fraud"]))
+            self._evaluate(learned_ids, ys)
             online = self.pipeline.online
             if rows and online is not None:
                 width = len(self.pipeline.features.feature_names)
@@ -252,6 +287,19 @@ class ScoringService:
         metrics.EVENTS.labels(topic, "invalid").inc(len(decoded.dead))
         self.sink.flush()
         return report
+
+    def _evaluate(self, event_ids: Sequence[str], labels: Sequence[bool]) -> None:
+        """Rolling AP and review precision per model version, from the scores logged at scoring."""
+        if not event_ids:
+            return
+        logged = self.redis.mget([SCORE_LOG_PREFIX + e for e in event_ids])
+        pairs = [(orjson.loads(v), y) for v, y in zip(logged, labels, strict=True) if v is not None]
+        if not pairs:
+            return
+        self.evaluator.update_records([p for p, _ in pairs], [y for _, y in pairs])
+        for version, m in self.evaluator.snapshot().items():
+            metrics.MODEL_AVERAGE_PRECISION.labels(version).set(m["average_precision"])
+            metrics.MODEL_REVIEW_PRECISION.labels(version).set(m["review_precision"])
 
     def refresh_rules(self) -> bool:
         """Swap in a changed rule set between batches; an invalid one never replaces the old."""
@@ -269,10 +317,35 @@ class ScoringService:
         return changed
 
     def checkpoint(self) -> None:
-        """Save the online model so a restarted worker keeps what it learned."""
-        online = self.pipeline.online
-        if online is not None:
-            online.save(self.settings.checkpoints_dir / "online.pkl")
+        """Save the online models and evaluator so a restarted worker keeps what it learned."""
+        d = self.settings.checkpoints_dir
+        if self.pipeline.online is not None:
+            self.pipeline.online.save(d / "online.pkl")
+        if self.pipeline.anomaly is not None:
+            self.pipeline.anomaly.save(d / "anomaly.pkl")
+        self.evaluator.save(d / "evaluation.json")
+
+    def _refresh_shadows(self, registry: Any, wanted: list[str]) -> None:
+        """Load new shadows, drop removed ones; one assignment, between batches."""
+        current = self.pipeline.shadows
+        if wanted == [s.version for s in current]:
+            return
+        have = {s.version: s for s in current}
+        new = []
+        for v in wanted:
+            if v in have:
+                new.append(have[v])
+            elif v not in self._bad_shadows:
+                try:
+                    new.append(registry.load(v))
+                except Exception:
+                    log.exception("shadow %s unreadable; skipped", v)
+                    self._bad_shadows.add(v)
+        for v in set(have) - {s.version for s in new}:
+            metrics.MODEL_INFO.labels(v, "shadow").set(0)
+        for s in new:
+            metrics.MODEL_INFO.labels(s.version, "shadow").set(1)
+        self.pipeline.shadows = new
 
     # -- models -------------------------------------------------------------------------------
 
@@ -286,9 +359,15 @@ class ScoringService:
 
         registry = ModelRegistry(registry_root)
         try:
-            version = registry.champion_version()
-            if version is None or version == self._champion_version:
-                return False
+            roles = registry.roles()
+        except Exception:
+            log.exception("model roles unreadable; keeping the current models")
+            return False
+        self._refresh_shadows(registry, list(roles.shadows))
+        version = roles.champion
+        if version is None or version == self._champion_version:
+            return False
+        try:
             scorer = registry.load(version)
         except Exception:
             log.exception("could not load the promoted champion; keeping the current one")

@@ -95,9 +95,13 @@ def run_bench(out: Path, e2e_events: int = 30000) -> dict[str, Any]:
         results["features_events_per_second"] = n / timed.stage_seconds["features"]
         results["inprocess_events"] = n
 
+        from features.bench import measure as features_measure
         from rules.bench import measure as rules_measure
 
         results.update(rules_measure())
+        results["pipeline_features_events_per_second"] = results.pop("features_events_per_second")
+        results.update(features_measure(redis.Redis.from_url(settings.redis_url)))
+        redis.Redis.from_url(settings.redis_url).flushdb()
 
         console.print("[bold]bench[/]: starting a worker on the embedded stack")
         worker_env = {**env, "RISKSTREAM_DATA_DIR": str(data_dir)}
