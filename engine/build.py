@@ -19,6 +19,7 @@ from engine.settings import Settings
 from engine.sinks import KafkaSink, MemorySink, NullSink
 from features.spec import DEFAULT_SPEC
 from features.store import RedisFeatureStore
+from features.transaction import TRANSACTION_FEATURE_NAMES
 from models.anomaly import AnomalyModel
 from models.evaluation import RollingEvaluator
 from models.online import OnlineLogisticModel
@@ -72,9 +73,8 @@ def build_service(
     check_server(client)
     store = RedisFeatureStore(client, DEFAULT_SPEC)
     store.warm_up()
-    watcher = RuleSetWatcher(
-        settings.rules_dir, store.feature_names, poll_seconds=2.0, redis_client=client
-    )
+    names = [*store.feature_names, *TRANSACTION_FEATURE_NAMES]
+    watcher = RuleSetWatcher(settings.rules_dir, names, poll_seconds=2.0, redis_client=client)
     rules = watcher.current()
     champion = None
     if use_registry:
@@ -82,9 +82,9 @@ def build_service(
             champion = ModelRegistry(settings.models_dir).load_champion()
         except Exception:
             log.exception("champion model unreadable; deciding with rules only until a good one")
-    online = online_model(settings.checkpoints_dir / "online.pkl", store.feature_names)
+    online = online_model(settings.checkpoints_dir / "online.pkl", names)
     anomaly = AnomalyModel.load_or_new(
-        settings.checkpoints_dir / "anomaly.pkl", store.feature_names
+        settings.checkpoints_dir / "anomaly.pkl", names
     )
     anomaly.warm_up()
     pipeline = Pipeline(

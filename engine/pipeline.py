@@ -23,6 +23,7 @@ from engine.protocols import (
     OnlineScorer,
     RuleSetLike,
 )
+from features.transaction import TRANSACTION_FEATURE_NAMES, transaction_features
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class Pipeline:
         self.online = online
         self.shadows = list(shadows)
         self.anomaly = anomaly
+        self._names = [*features.feature_names, *TRANSACTION_FEATURE_NAMES]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Columns of the feature matrix: the store's windowed features, then the event's own."""
+        return list(self._names)
 
     def score_batch(self, records: Sequence[dict[str, Any]]) -> ScoredBatch:
         """Score validated records (as :func:`engine.schemas.decode_batch` produces them)."""
@@ -107,8 +114,13 @@ class Pipeline:
         ts_ms = np.fromiter((r["ts"] for r in records), dtype=np.int64, count=n)
         amounts = np.fromiter((r["amount"] for r in records), dtype=np.float64, count=n)
         entities = {f: [_text(r.get(f)) for r in records] for f in self.features.entity_fields}
-        names = self.features.feature_names
-        x = self.features.update_batch(event_ids, ts_ms, amounts, entities)
+        x = np.hstack(
+            (
+                self.features.update_batch(event_ids, ts_ms, amounts, entities),
+                transaction_features(ts_ms, amounts),
+            )
+        )
+        names = self.feature_names
         timings["features"] = time.perf_counter() - t0
         return self.decide_batch(records, x, names, timings)
 

@@ -275,7 +275,7 @@ class ScoringService:
             self._evaluate(learned_ids, ys)
             online = self.pipeline.online
             if rows and online is not None:
-                width = len(self.pipeline.features.feature_names)
+                width = len(self.pipeline.feature_names)
                 keep = [k for k, row in enumerate(rows) if len(row) == width]
                 if keep:
                     online.learn_batch(np.vstack([rows[k] for k in keep]), [ys[k] for k in keep])

@@ -28,17 +28,16 @@ import pandas as pd
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from engine.build import build_service
 from engine.schemas import RawMessage
 from engine.service import ScoringService
 from engine.settings import Settings
 from engine.sinks import NullSink
-from models.evaluation import card_precision_at_k
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay.inprocess import encode, records_of
+from replay.metrics import day_of, handbook_metrics, known_compromised, to_day
 from replay.report import render_html
 from replay.sources import read_transactions
 
@@ -93,7 +92,7 @@ def feature_log(
     service: ScoringService, df: pd.DataFrame, labels: pd.DataFrame, batch_size: int = 1000
 ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], list[str], float]:
     """Pass 1: the feature row of every transaction, labels applied as they became known."""
-    names = list(service.pipeline.features.feature_names)
+    names = list(service.pipeline.feature_names)
     rows: list[np.ndarray[Any, np.dtype[np.float64]]] = []
     label_ts = labels["ts"].to_numpy()
     next_label = 0
@@ -180,7 +179,7 @@ def run_backtest(
         "card_id": test_df["card_id"].to_numpy(), "score": scores, "decision": decisions,
         "is_fraud": y[test],
     })  # fmt: skip
-    report = evaluate(frame, period, known_before=_known_compromised(df, labels, period))
+    report = evaluate(frame, df, period, label_delay_ms)
     report.update(train_metrics)
     report.update({
         "model": scorer.version,
@@ -199,34 +198,28 @@ def run_backtest(
     return report
 
 
-def _known_compromised(df: pd.DataFrame, labels: pd.DataFrame, period: Period) -> set[str]:
-    """Cards with a fraud label known before the test period starts."""
-    known = labels[(labels["ts"] < period.test_start) & labels["is_fraud"].astype(bool)]
-    cards = df.set_index("event_id").loc[known["event_id"], "card_id"]
-    return set(cards.astype(str))
-
-
-def evaluate(frame: pd.DataFrame, period: Period, known_before: set[str]) -> dict[str, Any]:
-    """AUC ROC, average precision, and card precision@100 averaged over the test days."""
-    y = frame["is_fraud"].to_numpy().astype(int)
-    s = frame["score"].to_numpy(dtype=float)
-    both = 0 < y.sum() < len(y)
-    day = (frame["ts"].to_numpy() - period.test_start) // DAY_MS
-    cps: list[float] = []
-    oracle: list[float] = []
-    for d in np.unique(day):
-        mask = (day == d) & ~frame["card_id"].isin(known_before).to_numpy()
-        if not mask.any():
-            continue
-        cards, labels = frame["card_id"].to_numpy()[mask], y[mask]
-        cps.append(card_precision_at_k(cards, s[mask], labels, k=100))
-        oracle.append(card_precision_at_k(cards, labels.astype(float), labels, k=100))
-    return {
-        "auc_roc": float(roc_auc_score(y, s)) if both else float("nan"),
-        "average_precision": float(average_precision_score(y, s)) if both else float("nan"),
-        "card_precision_at_100": float(np.mean(cps)) if cps else float("nan"),
-        "oracle_card_precision_at_100": float(np.mean(oracle)) if oracle else float("nan"),
-        "n_test": len(frame),
-        "n_test_frauds": int(y.sum()),
-        "decisions": {k: int(v) for k, v in frame["decision"].value_counts().items()},
-    }
+def evaluate(
+    frame: pd.DataFrame, history: pd.DataFrame, period: Period, label_delay_ms: int
+) -> dict[str, Any]:
+    """The handbook's protocol: on each test day, cards already known compromised (a fraud on a
+    day whose labels had arrived: from the training start to ``day - delay - 1``) are removed;
+    AUC ROC and average precision are over the remaining transactions, card precision@100 is
+    the mean over test days of the daily top-100 cards (detected cards leave later days)."""
+    first = to_day(period.train_start)
+    days = day_of(frame["ts"])
+    test_days = sorted({int(d) for d in days})
+    known = known_compromised(
+        history["card_id"], history["ts"], history["is_fraud"], first, test_days,
+        max(0, label_delay_ms // DAY_MS),
+    )  # fmt: skip
+    cards = frame["card_id"].to_numpy(dtype=object)
+    keep = np.ones(len(frame), dtype=bool)
+    for d in test_days:
+        if known[d]:
+            on_day = days == d
+            keep[on_day] = ~pd.Series(cards[on_day]).isin(known[d]).to_numpy()
+    kept = frame[keep].reset_index(drop=True)
+    out = handbook_metrics(kept, kept["score"].to_numpy(dtype=float), 100, known)
+    out["n_test_scored"] = len(frame)
+    out["decisions"] = {str(k): int(v) for k, v in frame["decision"].value_counts().items()}
+    return out

@@ -68,7 +68,7 @@ def run_inprocess(
     progress: bool = True,
 ) -> InprocessRun:
     """Score ``df`` (sorted by ts) batch by batch; keep features, scores and stage timings."""
-    run = InprocessRun(feature_names=list(service.pipeline.features.feature_names))
+    run = InprocessRun(feature_names=list(service.pipeline.feature_names))
     with Progress(
         TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress,

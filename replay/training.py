@@ -256,7 +256,7 @@ def replay_history(
     tx_ts = tx["ts"].to_numpy(dtype=np.int64)
     lab_ts = labels["ts"].to_numpy(dtype=np.int64)
     lab_records: list[dict[str, Any]] = labels.to_dict("records")
-    names = list(service.pipeline.features.feature_names)
+    names = list(service.pipeline.feature_names)
     online = service.pipeline.online
     out_ids: list[str] = []
     out_ts: list[int] = []
@@ -383,7 +383,7 @@ def train_from_history(
         part = tx[(tx["ts"] >= first) & (tx["ts"] < last)].reset_index(drop=True)
         in_part = labels["event_id"].isin(part["event_id"])
         lab = labels[in_part & (labels["ts"] < last)].reset_index(drop=True)
-        names = list(service.pipeline.features.feature_names)
+        names = list(service.pipeline.feature_names)
         service.pipeline.online = OnlineLogisticModel(names)  # learns only from this replay
         anomaly = AnomalyModel(names)
         anomaly.warm_up()

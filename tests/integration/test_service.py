@@ -92,7 +92,7 @@ def test_redelivered_batch_is_scored_again_but_never_counted_twice(
         for k in (0, 1)
     )
     assert [s["score"] for s in first] == [s["score"] for s in second]
-    names = service.pipeline.features.feature_names
+    names = service.pipeline.feature_names
     col = names.index("card_id_count_1h")
     again = service.process_transactions(raw([txn(9, card_id="card_x")]))
     assert again.scored is not None
@@ -118,7 +118,7 @@ def test_online_model_survives_a_restart(settings: Settings, service: ScoringSer
     labels = [{"event_id": f"e{i}", "ts": T0 + 10**7, "is_fraud": i % 2 == 0} for i in range(20)]
     service.process_labels(raw(labels, "labels"))
     service.checkpoint()
-    x = np.ones((1, len(service.pipeline.features.feature_names)))
+    x = np.ones((1, len(service.pipeline.feature_names)))
     assert service.pipeline.online is not None
     before = service.pipeline.online.score_batch(x)
     restarted = build_service(settings, sink=MemorySink(), client=service.redis)
@@ -129,7 +129,7 @@ def test_online_model_survives_a_restart(settings: Settings, service: ScoringSer
 def test_promoted_champion_is_picked_up_without_restart(
     settings: Settings, service: ScoringService
 ) -> None:
-    names = service.pipeline.features.feature_names
+    names = service.pipeline.feature_names
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, len(names)))
     y = x[:, 0] > 0.5

@@ -23,6 +23,7 @@ class _Features:
 
 class _Pipeline:
     features = _Features()
+    feature_names = _Features.feature_names
     online = None
 
 
