@@ -205,6 +205,30 @@ def backtest(
     console.print(f"report: {out / 'report.html'}")
 
 
+@app.command("benchmark-handbook")
+def benchmark_handbook(
+    seeds: Annotated[str, typer.Option(help="Comma-separated simulator seeds.")] = "0,1,2",
+    out: Annotated[Path, typer.Option(help="Where files and reports go.")] = Path(
+        ".bench/handbook"
+    ),
+) -> None:
+    """The handbook benchmark: simulate, backtest with its protocol, compare to its baselines."""
+    from contextlib import ExitStack
+
+    from replay.handbook_benchmark import run_handbook_benchmark
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        msg = f"--seeds must be comma-separated integers, not {seeds!r}"
+        raise CliError(msg) from None
+    if not seed_list:
+        msg = "--seeds is empty"
+        raise CliError(msg)
+    with ExitStack() as stack:
+        run_handbook_benchmark(seed_list, out, redis_for_offline_work(stack))
+
+
 def main() -> None:
     """Entry point: one clear line for every user error, never a traceback."""
     logging.basicConfig(
