@@ -109,6 +109,63 @@ def measure(
     }
 
 
+def handbook_memory(
+    client: redis.Redis,
+    seed: int = 0,
+    nb_days: int = 183,
+    batch_size: int = 1000,
+    label_delay_days: int = 7,
+) -> dict[str, float]:
+    """Feed ``replay.handbook.simulate_handbook(seed)`` (5,000 cards, 10,000 merchants) through
+    the store with the default spec (labels ``label_delay_days`` after each transaction, merged in
+    event time) on a flushed database; report ``MEMORY USAGE`` per kind and per entity."""
+    import time
+
+    from replay.handbook import simulate_handbook
+
+    client.flushdb()
+    df = simulate_handbook(seed, nb_days=nb_days)
+    store = RedisFeatureStore(client)
+    store.warm_up()
+    n = len(df)
+    ids = df["event_id"].astype(str).tolist()
+    ts = df["ts"].to_numpy(np.int64)
+    amt = df["amount"].to_numpy(np.float64)
+    fraud = df["is_fraud"].to_numpy(bool)
+    label_ts = ts + label_delay_days * 86_400_000
+    cols = {f: df[f].astype(str).tolist() for f in store.entity_fields if f in df.columns}
+    labelled = 0
+    t0 = time.perf_counter()
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        due = int(np.searchsorted(label_ts, ts[b - 1], side="right"))
+        if due > labelled:
+            store.apply_labels_batch(ids[labelled:due], label_ts[labelled:due], fraud[labelled:due])
+            labelled = due
+        store.update_batch(ids[a:b], ts[a:b], amt[a:b], {k: v[a:b] for k, v in cols.items()})
+    secs = time.perf_counter() - t0
+    out: dict[str, float] = {"events": float(n), "seconds": secs, "events_per_second": n / secs}
+    per_kind: dict[str, tuple[int, int]] = {}
+    for ident, key in store.kind_keys().items():
+        per_kind[ident] = (int(client.memory_usage(key, samples=0) or 0), int(client.hlen(key)))
+        out[f"bytes:{ident}"] = float(per_kind[ident][0])
+        out[f"fields:{ident}"] = float(per_kind[ident][1])
+    card = [v for i, v in per_kind.items() if i == "t:card_id" or i.startswith("t:card_id:")]
+    merchant = [v for i, v in per_kind.items() if i in ("t:merchant_id", "l:merchant_id")]
+    cards = max(per_kind.get("t:card_id", (0, 0))[1], 1)
+    merchants = max(per_kind.get("t:merchant_id", (0, 0))[1], 1)
+    out["active_cards"] = float(cards)
+    out["active_merchants"] = float(merchants)
+    out["bytes_per_card"] = sum(b for b, _ in card) / cards
+    out["bytes_per_merchant"] = sum(b for b, _ in merchant) / merchants
+    other = 0
+    for key in client.scan_iter(match=f"{store.prefix}*", count=1000):
+        other += int(client.memory_usage(key, samples=0) or 0)
+    out["bytes_all_keys"] = float(other)
+    out["used_memory"] = float(client.info("memory")["used_memory"])
+    return out
+
+
 if __name__ == "__main__":  # pragma: no cover
     import json
     import sys

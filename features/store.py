@@ -633,7 +633,7 @@ class RedisFeatureStore:
                 script.sha.encode(),
                 _bulk(str(len(keys)).encode()),
             )
-            conn = self.client.connection_pool.get_connection("EVALSHA")
+            conn = self.client.connection_pool.get_connection()
             try:
                 conn.send_packed_command([head, body], check_health=False)  # type: ignore[no-untyped-call]
                 try:

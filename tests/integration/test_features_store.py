@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from features.reference import reference_features
-from features.spec import DEFAULT_SPEC, FeatureSpec
+from features.spec import FeatureSpec
 from features.store import RedisFeatureStore
 from tests.unit.test_features_kernels import (
     T0,
@@ -133,45 +133,6 @@ def test_account_events_feed_transaction_features(redis_client: redis.Redis) -> 
     assert x[0, names.index("customer_id_password_change_count_24h")] == 1
     assert x[0, names.index("customer_id_login_countries_24h")] == 2
     assert x[0, names.index("customer_id_device_added_count_1h")] == 0
-
-
-@pytest.mark.slow
-def test_parity_on_simulated_stream(redis_client: redis.Redis) -> None:
-    from replay.simulate import simulate
-
-    df = simulate(days=12, seed=0, n_customers=250, n_merchants=150)
-    df = df.iloc[:6000]
-    fields = ["card_id", "customer_id", "merchant_id", "device_id", "ip", "channel"]
-    ents = {f: df[f].astype(str).tolist() for f in fields}
-    ids = df["event_id"].tolist()
-    ts = df["ts"].to_numpy(np.int64)
-    amt = df["amount"].to_numpy(np.float64)
-    label_ts = ts + 2 * DAY
-    fraud = df["is_fraud"].to_numpy(bool)
-    store = RedisFeatureStore(redis_client)
-    parts = []
-    labelled = 0
-    labels: dict[str, tuple[int, bool]] = {}
-    for a in range(0, len(df), 500):
-        b = min(a + 500, len(df))
-        due = np.flatnonzero(label_ts[: labelled_upto(label_ts, labelled, ts[b - 1])] >= 0)
-        new = due[due >= labelled]
-        if len(new):
-            store.apply_labels_batch([ids[i] for i in new], label_ts[new], fraud[new])
-            labels.update({ids[i]: (int(label_ts[i]), bool(fraud[i])) for i in new})
-            labelled = int(new.max()) + 1
-        parts.append(
-            store.update_batch(ids[a:b], ts[a:b], amt[a:b], {k: v[a:b] for k, v in ents.items()})
-        )
-    got = np.vstack(parts)
-    want = reference_features(ids, ts, amt, ents, DEFAULT_SPEC, labels=labels)
-    assert_features_equal(got, want, store.feature_names)
-    assert np.nansum(got[:, store.feature_names.index("merchant_id_fraud_rate_30d_delay7d")]) >= 0
-
-
-def labelled_upto(label_ts: np.ndarray, done: int, until: int) -> int:
-    """Labels are time-ordered here: the first index whose label is later than ``until``."""
-    return int(np.searchsorted(label_ts, until, side="right"))
 
 
 def test_concurrent_workers_lose_no_increment(redis_url: str) -> None:
