@@ -49,6 +49,8 @@ for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
 return #KEYS
 """
 LABEL_SEEN_PREFIX = "rs:label:"
+#: Labels whose transaction was not scored yet (field = event_id, value = the label as JSON).
+PENDING_LABELS = "rs:labels:pending"
 
 
 @dataclass
@@ -62,6 +64,10 @@ class BatchReport:
     latencies: list[float] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     learned: int = 0
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
 
 
 def _score_record(d: Decision) -> dict[str, Any]:
@@ -186,8 +192,13 @@ class ScoringService:
                 client=pipe,
             )
         add_cases(pipe, cases)
+        if live:
+            pipe.hmget(PENDING_LABELS, [d.event_id for d in scored.decisions])
         pipe.zcard(QUEUE_KEY)
-        depth = pipe.execute()[-1]
+        replies = pipe.execute()
+        depth = replies[-1]
+        if live:
+            self._apply_pending([orjson.loads(v) for v in replies[-2] if v is not None], report)
         metrics.REVIEW_QUEUE_DEPTH.set(depth)
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
@@ -196,6 +207,14 @@ class ScoringService:
                 metrics.DEGRADED_DECISIONS.labels(d.reasons[-1].split(":", 1)[-1]).inc()
                 break
         report.decisions = counts
+
+    def _apply_pending(self, labels: list[dict[str, Any]], report: BatchReport) -> None:
+        """Labels that had arrived before these transactions were scored, applied now."""
+        if not labels:
+            return
+        self._learn_labels(labels, report, park_unknown=False)
+        self.redis.hdel(PENDING_LABELS, *(r["event_id"] for r in labels))
+        metrics.EVENTS.labels(self.settings.topic_labels, "valid").inc(len(labels))
 
     def _emit_dead(self, dead: Sequence[DeadLetter], topic: str) -> None:
         send = self.sink.send
@@ -240,53 +259,59 @@ class ScoringService:
     # -- labels -------------------------------------------------------------------------------
 
     def process_labels(self, messages: Sequence[RawMessage]) -> BatchReport:
-        """Teach the online model each label once, from the features recorded at scoring time."""
+        """Teach the online model each label once, from the features recorded at scoring time.
+
+        A label that arrives before its transaction was scored (the labels topic ran ahead) is
+        parked in ``rs:labels:pending`` and applied when the transaction is scored.
+        """
         decoded = decode_batch(messages, LABEL, self.settings.max_payload_bytes)
         self._emit_dead(decoded.dead, self.settings.topic_labels)
         report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
         topic = self.settings.topic_labels
         if decoded.records:
-            records = decoded.records
-            self.pipeline.features.apply_labels_batch(
-                [r["event_id"] for r in records],
-                [int(r["ts"]) for r in records],
-                [bool(r["is_fraud"]) for r in records],
-            )
-            vectors = self.redis.mget([FEATURE_LOG_PREFIX + r["event_id"] for r in records])
-            known = [(r, v) for r, v in zip(records, vectors, strict=True) if v is not None]
-            unknown = len(records) - len(known)
-            # Only labels of scored events are marked as seen: an early label can come again.
-            pipe = self.redis.pipeline(transaction=False)
-            for r, _ in known:
-                pipe.set(LABEL_SEEN_PREFIX + r["event_id"], b"1", nx=True, ex=400 * 86400)
-            firsts = pipe.execute() if known else []
-            rows: list[np.ndarray[Any, np.dtype[np.float64]]] = []
-            ys: list[bool] = []
-            learned_ids: list[str] = []
-            duplicates = 0
-            for (r, vector), first in zip(known, firsts, strict=True):
-                if not first:
-                    duplicates += 1
-                else:
-                    learned_ids.append(r["event_id"])
-                    buf = vector.encode("latin-1") if isinstance(vector, str) else vector
-                    rows.append(np.frombuffer(buf, dtype=np.float64))
-                    ys.append(bool(r["is_fraud"]))
-            self._evaluate(learned_ids, ys)
-            online = self.pipeline.online
-            if rows and online is not None:
-                width = len(self.pipeline.feature_names)
-                keep = [k for k, row in enumerate(rows) if len(row) == width]
-                if keep:
-                    online.learn_batch(np.vstack([rows[k] for k in keep]), [ys[k] for k in keep])
-                    report.learned = len(keep)
-                    metrics.LABELS_LEARNED.inc(len(keep))
+            duplicates, unknown = self._learn_labels(decoded.records, report, park_unknown=True)
             metrics.EVENTS.labels(topic, "duplicate").inc(duplicates)
-            metrics.EVENTS.labels(topic, "unknown_event").inc(unknown)
+            metrics.EVENTS.labels(topic, "pending").inc(unknown)
             metrics.EVENTS.labels(topic, "valid").inc(len(decoded.records) - duplicates - unknown)
         metrics.EVENTS.labels(topic, "invalid").inc(len(decoded.dead))
         self.sink.flush()
         return report
+
+    def _learn_labels(
+        self, records: Sequence[dict[str, Any]], report: BatchReport, park_unknown: bool
+    ) -> tuple[int, int]:
+        """Label features, online model and evaluation for labels of scored transactions;
+        returns (duplicates, parked)."""
+        ids = [r["event_id"] for r in records]
+        vectors = self.redis.mget([FEATURE_LOG_PREFIX + e for e in ids])
+        known = [(r, v) for r, v in zip(records, vectors, strict=True) if v is not None]
+        unknown = [r for r, v in zip(records, vectors, strict=True) if v is None]
+        pipe = self.redis.pipeline(transaction=False)
+        for r, _ in known:  # only labels of scored events are marked seen
+            pipe.set(LABEL_SEEN_PREFIX + r["event_id"], b"1", nx=True, ex=400 * 86400)
+        if park_unknown and unknown:
+            pipe.hset(PENDING_LABELS, mapping={r["event_id"]: orjson.dumps(r) for r in unknown})
+            pipe.hexpire(PENDING_LABELS, self.feature_log_ttl, *(r["event_id"] for r in unknown))
+        replies = pipe.execute() if (known or unknown) else []
+        firsts = replies[: len(known)]
+        fresh = [(r, v) for (r, v), first in zip(known, firsts, strict=True) if first]
+        if fresh:
+            self.pipeline.features.apply_labels_batch(
+                [r["event_id"] for r, _ in fresh],
+                [int(r["ts"]) for r, _ in fresh],
+                [bool(r["is_fraud"]) for r, _ in fresh],
+            )
+        rows = [np.frombuffer(_as_bytes(v), dtype=np.float64) for _, v in fresh]
+        ys = [bool(r["is_fraud"]) for r, _ in fresh]
+        self._evaluate([r["event_id"] for r, _ in fresh], ys)
+        online = self.pipeline.online
+        width = len(self.pipeline.feature_names)
+        keep = [k for k, row in enumerate(rows) if len(row) == width]
+        if keep and online is not None:
+            online.learn_batch(np.vstack([rows[k] for k in keep]), [ys[k] for k in keep])
+            report.learned += len(keep)
+            metrics.LABELS_LEARNED.inc(len(keep))
+        return len(known) - len(fresh), len(unknown)
 
     def _evaluate(self, event_ids: Sequence[str], labels: Sequence[bool]) -> None:
         """Rolling AP and review precision per model version, from the scores logged at scoring."""

@@ -144,3 +144,18 @@ def test_promoted_champion_is_picked_up_without_restart(
     flagged = [s for s in scores if s["decision"] != "allow"]
     for s in flagged:
         assert len(s["contributions"]) == 3
+
+
+def test_a_label_that_arrives_before_its_transaction_is_applied_when_it_is_scored(
+    service: ScoringService, redis_client: redis.Redis
+) -> None:
+    early = [{"event_id": "e7", "ts": T0, "is_fraud": True, "source": "chargeback"}]
+    assert service.process_labels(raw(early, "labels")).learned == 0
+    assert redis_client.hexists("rs:labels:pending", "e7")
+    report = service.process_transactions(raw([txn(i) for i in range(10)]))
+    assert report.learned == 1
+    assert not redis_client.hexists("rs:labels:pending", "e7")
+    again = service.process_labels(raw(early, "labels"))  # a redelivery is a duplicate now
+    assert again.learned == 0
+    online = service.pipeline.online
+    assert online is not None and online.n_learned == 1  # type: ignore[attr-defined]
