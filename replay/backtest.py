@@ -128,7 +128,7 @@ def run_backtest(
     labels_path: Path | None = None,
     label_delay_ms: int = 7 * DAY_MS,
     model_version: str | None = None,
-    valid_days: int = 2,
+    valid_days: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
     t_all = time.perf_counter()
@@ -146,10 +146,15 @@ def run_backtest(
         train_metrics: dict[str, Any] = {"model": model_version}
     else:
         train = (ts >= period.train_start) & (ts < period.train_end)
-        split = period.train_end - valid_days * DAY_MS
-        fit, valid = train & (ts < split), train & (ts >= split)
-        result = train_lightgbm(x[fit], y[fit], names, x[valid], y[valid],
-                                params={"seed": seed})  # fmt: skip
+        # Unweighted classes keep scores calibrated, so the policy's thresholds mean what they
+        # say (on the handbook it was also the better ranker: AP 0.736 vs 0.721 on seed 0).
+        params = {"seed": seed, "scale_pos_weight": 1.0}
+        if valid_days > 0:  # early stopping on the last days of the training period
+            split = period.train_end - valid_days * DAY_MS
+            fit, valid = train & (ts < split), train & (ts >= split)
+            result = train_lightgbm(x[fit], y[fit], names, x[valid], y[valid], params=params)
+        else:  # the handbook's protocol: all training days, a fixed number of trees
+            result = train_lightgbm(x[train], y[train], names, params=params)
         scorer = result.scorer
         train_metrics = {f"train_{k}": v for k, v in result.metrics.items()}
     service.pipeline.champion = scorer
