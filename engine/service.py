@@ -283,6 +283,12 @@ class ScoringService:
         """Label features, online model and evaluation for labels of scored transactions;
         returns (duplicates, parked)."""
         ids = [r["event_id"] for r in records]
+        # The feature store dedupes labels itself and ignores events it has not seen yet.
+        self.pipeline.features.apply_labels_batch(
+            ids, [int(r["ts"]) for r in records], [bool(r["is_fraud"]) for r in records]
+        )
+        if not self.live:  # a replay keeps no feature log: label features are all it needs
+            return 0, 0
         vectors = self.redis.mget([FEATURE_LOG_PREFIX + e for e in ids])
         known = [(r, v) for r, v in zip(records, vectors, strict=True) if v is not None]
         unknown = [r for r, v in zip(records, vectors, strict=True) if v is None]
@@ -295,12 +301,6 @@ class ScoringService:
         replies = pipe.execute() if (known or unknown) else []
         firsts = replies[: len(known)]
         fresh = [(r, v) for (r, v), first in zip(known, firsts, strict=True) if first]
-        if fresh:
-            self.pipeline.features.apply_labels_batch(
-                [r["event_id"] for r, _ in fresh],
-                [int(r["ts"]) for r, _ in fresh],
-                [bool(r["is_fraud"]) for r, _ in fresh],
-            )
         rows = [np.frombuffer(_as_bytes(v), dtype=np.float64) for _, v in fresh]
         ys = [bool(r["is_fraud"]) for r, _ in fresh]
         self._evaluate([r["event_id"] for r, _ in fresh], ys)

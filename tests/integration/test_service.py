@@ -159,3 +159,18 @@ def test_a_label_that_arrives_before_its_transaction_is_applied_when_it_is_score
     assert again.learned == 0
     online = service.pipeline.online
     assert online is not None and online.n_learned == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_labels_reach_label_based_features_live_and_in_replay(
+    settings: Settings, redis_client: redis.Redis, live: bool
+) -> None:
+    svc = build_service(settings, sink=MemorySink(), client=redis_client, live=live)
+    day = 86_400_000
+    svc.process_transactions(raw([txn(i, merchant_id="m_hot") for i in range(5)]))
+    labels = [{"event_id": f"e{i}", "ts": T0 + day, "is_fraud": True} for i in range(5)]
+    svc.process_labels(raw(labels, "labels"))
+    later = svc.process_transactions(raw([txn(99, merchant_id="m_hot", ts=T0 + 8 * day)]))
+    assert later.scored is not None
+    col = svc.pipeline.feature_names.index("merchant_id_fraud_rate_7d_delay7d")
+    assert later.scored.features[0, col] > 0
