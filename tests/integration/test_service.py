@@ -174,3 +174,28 @@ def test_labels_reach_label_based_features_live_and_in_replay(
     assert later.scored is not None
     col = svc.pipeline.feature_names.index("merchant_id_fraud_rate_7d_delay7d")
     assert later.scored.features[0, col] > 0
+
+
+def test_online_evaluation_gauges_follow_arriving_labels(
+    settings: Settings, service: ScoringService
+) -> None:
+    from engine.metrics import REGISTRY
+
+    names = service.pipeline.feature_names
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, len(names)))
+    scorer = train_lightgbm(x, x[:, 0] > 0, names, num_boost_round=10).scorer
+    registry = ModelRegistry(settings.models_dir)
+    registry.promote(registry.register(scorer, {"source": "test"}))
+    service.refresh_models(settings.models_dir, every_seconds=0)
+    service.process_transactions(raw([txn(i, amount=5.0 + 50 * (i % 3)) for i in range(30)]))
+    labels = [{"event_id": f"e{i}", "ts": T0 + 10**7, "is_fraud": i % 3 == 2} for i in range(30)]
+    service.process_labels(raw(labels, "labels"))
+    ap = REGISTRY.get_sample_value(
+        "riskstream_model_average_precision", {"version": scorer.version}
+    )
+    assert ap is not None and 0.0 <= ap <= 1.0
+    assert (
+        REGISTRY.get_sample_value("riskstream_model_review_precision", {"version": scorer.version})
+        is not None
+    )
