@@ -202,10 +202,10 @@ class ScoringService:
         metrics.REVIEW_QUEUE_DEPTH.set(depth)
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
-        for d in scored.decisions:
-            if d.mode != "normal":
-                metrics.DEGRADED_DECISIONS.labels(d.reasons[-1].split(":", 1)[-1]).inc()
-                break
+        degraded = [d for d in scored.decisions if d.mode != "normal"]
+        if degraded:  # a batch is degraded as a whole: one reason, appended last by the pipeline
+            reason = degraded[0].reasons[-1].split(":", 1)[-1]
+            metrics.DEGRADED_DECISIONS.labels(reason).inc(len(degraded))
         report.decisions = counts
 
     def _apply_pending(self, labels: list[dict[str, Any]], report: BatchReport) -> None:
