@@ -17,8 +17,9 @@ Semantics (shared with :mod:`features.reference`; resolutions in :mod:`features.
   their label time ``h <= t``.
 
 Records older than every window may be merged into buckets of the resolutions that are still
-needed (``compact``), keeping the largest ``t``: bucket membership and "latest time" are unchanged,
-so every value stays exact for events inside the allowed lateness.
+needed (``compact_values``), keeping the largest ``t``: bucket membership and "latest time" are
+unchanged, so every value stays exact for every event that may still be counted (not too late,
+see :mod:`features.store`).
 """
 
 from __future__ import annotations
@@ -178,10 +179,10 @@ def compute_kind(
 
 
 @njit(cache=True)
-def compact(
+def compact_values(
     off: IntArray,
     rec: FloatArray,
-    now_ms: int,
+    now_ms: IntArray,
     lateness_ms: int,
     keep_ms: int,
     tier_age: IntArray,
@@ -189,11 +190,16 @@ def compact(
     by_hash: bool,
     mergeable: bool,
 ) -> tuple[IntArray, FloatArray]:  # pragma: no cover - compiled
-    """Drop records older than ``keep_ms`` (relative to ``now_ms``) and merge the others.
+    """Drop records older than ``keep_ms`` and merge the others; value ``j``'s ages are taken
+    relative to its own reference time ``now_ms[j]``.
 
-    A record of age ``a`` is merged into buckets of ``tier_res[j]`` for the last ``j`` with
-    ``tier_age[j] <= a``, once ``a >= lateness + that resolution`` (ms, 0 = keep raw); with
-    ``by_hash`` records merge only with equal ``h``. Returns the new offsets and records.
+    Every event that may still be counted for value ``j`` has ``t >= now_ms[j] - lateness_ms``;
+    ages are therefore measured from that earliest time (``age - lateness``): a record is merged
+    into buckets of ``tier_res[z]`` for the last ``z`` with ``tier_age[z] <= age - lateness``, once
+    ``age - lateness >= tier_res[z]`` (0 = keep raw), so that every feature that can still see it
+    (reach >= tier age) has a resolution that is a multiple of the bucket and every merged record
+    is older than any such event. ``keep_ms`` includes the lateness. With ``by_hash`` records
+    merge only with equal ``h``. Returns the new offsets and records.
     """
     k = off.shape[0] - 1
     new_off = np.zeros(k + 1, np.int64)
@@ -202,32 +208,34 @@ def compact(
     for j in range(k):
         a = off[j]
         e = off[j + 1]
+        now = now_ms[j]
         start = w
         for t in range(a, e):
-            age = now_ms - rec[t, T]
+            age = now - rec[t, T]
             if age > keep_ms:
                 continue
             res = 0
             if mergeable:
+                eff = age - lateness_ms
                 for z in range(tier_age.shape[0]):
-                    if tier_age[z] <= age:
+                    if tier_age[z] <= eff:
                         res = tier_res[z]
-                if res > 0 and age < lateness_ms + res:
+                if res > 0 and eff < res:
                     res = 0
             merged = False
             if res > 0:
                 bkt = rec[t, T] // res
                 for u in range(start, w):
-                    if out[u, T] // res == bkt and now_ms - out[u, T] >= 0:
+                    if out[u, T] // res == bkt:
                         if by_hash and out[u, HH] != rec[t, HH]:
                             continue
                         # only merge with records of the same tier
-                        au = now_ms - out[u, T]
+                        eu = now - out[u, T] - lateness_ms
                         ru = 0
                         for z in range(tier_age.shape[0]):
-                            if tier_age[z] <= au:
+                            if tier_age[z] <= eu:
                                 ru = tier_res[z]
-                        if ru != res or au < lateness_ms + ru:
+                        if ru != res or eu < ru:
                             continue
                         out[u, C] += rec[t, C]
                         out[u, S] += rec[t, S]
@@ -243,6 +251,24 @@ def compact(
                 w += 1
         new_off[j + 1] = w
     return new_off, out[:w]
+
+
+def compact(
+    off: IntArray,
+    rec: FloatArray,
+    now_ms: int,
+    lateness_ms: int,
+    keep_ms: int,
+    tier_age: IntArray,
+    tier_res: IntArray,
+    by_hash: bool,
+    mergeable: bool,
+) -> tuple[IntArray, FloatArray]:
+    """:func:`compact_values` with one reference time for every value."""
+    now = np.full(off.shape[0] - 1, now_ms, dtype=np.int64)
+    return compact_values(
+        off, rec, now, lateness_ms, keep_ms, tier_age, tier_res, by_hash, mergeable
+    )
 
 
 def warm_up() -> None:
@@ -266,10 +292,10 @@ def warm_up() -> None:
         np.arange(10, dtype=np.int64),
         out,
     )
-    compact(
+    compact_values(
         np.array([0, 2], dtype=np.int64),
         rec,
-        10_000_000,
+        np.array([10_000_000], dtype=np.int64),
         1000,
         20_000_000,
         np.array([0], dtype=np.int64),

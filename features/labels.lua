@@ -1,23 +1,30 @@
 -- riskstream feature store: apply a batch of labels atomically (one call).
 --
--- KEYS[1..nl]          label-seen hashes, one per label day present (field = event id)
--- KEYS[nl+1..nl+ne]    transaction seen hashes of the days a labelled transaction may be in
--- KEYS[nl+ne+1..]      label kind hashes (field = entity value, value = header + records)
--- ARGV[1..6]           n, nl, ne, nk, seen TTL s, kind TTL s
+-- KEYS[1]              index of the transactions' seen day hashes (sorted set, score = the time
+--                      after which the hash may be deleted; see update.lua)
+-- KEYS[2..1+nl]        label-seen hashes, one per label day present (field = event id)
+-- KEYS[nl+2..nl+ne+1]  transaction seen hashes of the days a labelled transaction may be in
+-- KEYS[nl+ne+2..]      label kind hashes (field = entity value, value = header + records)
+-- ARGV[1..6]           n, nl, ne, nk, seen TTL s, "kind TTL s  generation of a new field (random)"
 -- ARGV[7]              per label day: "a b" ranges of label numbers (labels ordered by day)
--- ARGV[8..7+n]         event ids;  ARGV[8+n..7+2n] label times (ms, text); ARGV[8+2n..7+3n] '1'/'0'
+-- ARGV[8]              the label days (day numbers, space separated)
+-- ARGV[9..8+n]         event ids;  ARGV[9+n..8+2n] label times (ms, text); ARGV[9+2n..8+3n] '1'/'0'
+-- A label-seen hash of day d is indexed with the end of day d + 1: it is deleted with the
+-- transaction seen hashes it may refer to (a label only finds transactions up to a day later).
 -- Transaction records (written by update.lua) are "<ts>\t<value kind 1>\t<value kind 2>...".
 -- A label counts once per event id (the first one that finds its transaction); a fraud label
 -- appends the record (transaction time, label time) to every label kind's entity value.
 -- Reply: { fraud labels applied, labels applied, unknown transaction, duplicates }
-local H0 = string.rep('\0', 8)
 local n, nl, ne, nk = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local seen_ttl, kind_ttl = ARGV[5], ARGV[6]
+local seen_ttl = ARGV[5]
+local kt = string.gmatch(ARGV[6], '%S+')
+local kind_ttl = kt()
+local NEWH = struct.pack('<d', tonumber(kt()))
 local ids = {}
-for i = 1, n do ids[i] = ARGV[7 + i] end
+for i = 1, n do ids[i] = ARGV[8 + i] end
 local found = {}
 for e = 1, ne do
-  local vals = redis.call('HMGET', KEYS[nl + e], unpack(ids))
+  local vals = redis.call('HMGET', KEYS[1 + nl + e], unpack(ids))
   for i = 1, n do
     if vals[i] and not found[i] then found[i] = vals[i] end
   end
@@ -26,10 +33,12 @@ local applied, frauds, unknown, dups = 0, 0, 0, 0
 local add = {}
 for c = 1, nk do add[c] = {} end
 local it = string.gmatch(ARGV[7], '%S+')
+local dit = string.gmatch(ARGV[8], '%S+')
 local done = {}
 for d = 1, nl do
   local a, b = tonumber(it()), tonumber(it())
-  local vals = redis.call('HMGET', KEYS[d], unpack(ids, a, b))
+  local dend = (tonumber(dit()) + 2) * 86400000
+  local vals = redis.call('HMGET', KEYS[1 + d], unpack(ids, a, b))
   local hs, m = {}, 0
   for i = a, b do
     if vals[i - a + 1] or done[ids[i]] then
@@ -40,13 +49,13 @@ for d = 1, nl do
       done[ids[i]] = true
       applied = applied + 1
       hs[m + 1] = ids[i]
-      hs[m + 2] = ARGV[7 + 2 * n + i]
+      hs[m + 2] = ARGV[8 + 2 * n + i]
       m = m + 2
-      if ARGV[7 + 2 * n + i] == '1' then
+      if ARGV[8 + 2 * n + i] == '1' then
         frauds = frauds + 1
         local parts = {}
         for f in string.gmatch(found[i] .. '\t', '([^\t]*)\t') do parts[#parts + 1] = f end
-        local rec = struct.pack('<dd', tonumber(parts[1]), tonumber(ARGV[7 + n + i]))
+        local rec = struct.pack('<dd', tonumber(parts[1]), tonumber(ARGV[8 + n + i]))
         for c = 1, nk do
           local v = parts[c + 1]
           if v and v ~= '' then add[c][v] = (add[c][v] or '') .. rec end
@@ -55,12 +64,13 @@ for d = 1, nl do
     end
   end
   if m > 0 then
-    redis.call('HSET', KEYS[d], unpack(hs))
-    redis.call('EXPIRE', KEYS[d], seen_ttl)
+    redis.call('HSET', KEYS[1 + d], unpack(hs))
+    redis.call('EXPIRE', KEYS[1 + d], seen_ttl)
+    redis.call('ZADD', KEYS[1], string.format('%d', dend), KEYS[1 + d])
   end
 end
 for c = 1, nk do
-  local key = KEYS[nl + ne + c]
+  local key = KEYS[1 + nl + ne + c]
   local fs = {}
   for v, _ in pairs(add[c]) do fs[#fs + 1] = v end
   if #fs > 0 then
@@ -68,7 +78,7 @@ for c = 1, nk do
     local hs = {}
     for j = 1, #fs do
       hs[2 * j - 1] = fs[j]
-      hs[2 * j] = (cur[j] or H0) .. add[c][fs[j]]
+      hs[2 * j] = (cur[j] or NEWH) .. add[c][fs[j]]
     end
     redis.call('HSET', key, unpack(hs))
     redis.call('HEXPIRE', key, kind_ttl, 'FIELDS', #fs, unpack(fs))

@@ -15,15 +15,43 @@ Redis layout (``prefix`` defaults to ``"rs:"``):
   window + delay + resolution + allowed lateness): an idle entity disappears.
 * ``{prefix}seen:{t|e}:{day}`` -- per event-time day (UTC), field = event id: the event was applied
   (idempotency); for transactions the value is what label features need (its time and entity
-  values). TTL ``seen_ttl_seconds``.
-* ``{prefix}lseen:{day}`` -- labels already applied, per label day.
-* ``{prefix}wm:{t|e}`` -- the watermark: the largest event time counted so far (per source).
+  values). Deleted in *event time*: once the watermark has passed the end of the day by more
+  than the retention (transactions: the longest reach of a label feature plus ``max_skew``, at
+  least ``max_skew``; account events: ``max_skew``), so a fast replay of months keeps only the
+  days that can still matter. ``seen_ttl_seconds`` (wall clock) is a backstop.
+* ``{prefix}lseen:{day}`` -- labels already applied, per label day; deleted with the transaction
+  days they may refer to.
+* ``{prefix}days:{t|e}`` -- sorted set indexing those day hashes by the time they may go.
+* ``{prefix}idx:{t|e}:{entity}`` -- sorted set of the entity's values by their newest event time:
+  a value whose newest event is more than ``max_skew`` + the longest reach of its kinds behind the
+  global watermark can no longer be in any window of a countable event, and its fields are
+  deleted from those kinds (event-time expiry of idle entities; at most 500 per entity and
+  batch). A new field starts with a random generation header, so that a compaction planned
+  before such a deletion never applies to the value created again.
+* ``{prefix}wm:{t|e}`` -- the global watermark: the largest event time counted so far (per source).
+* ``{prefix}swm:{t|e}`` -- the scope watermarks: per *scope* value (the partition key of the topic:
+  ``card_id`` for transactions, ``customer_id`` for account events), the largest event time
+  counted for it. Field TTL ``seen_ttl_seconds``.
 
-Event time and lateness: an event whose time is more than ``allowed_lateness_seconds`` older than
-the watermark (including earlier events of its batch) is *too late*: it is scored against
-the current state, remembered as seen, not added to the state;
-:attr:`RedisFeatureStore.late_events`
-counts them. Inside the lateness bound an out-of-order event is applied where it belongs.
+Event time and lateness. A worker consumes several partitions, which may progress very unevenly in
+event time (catch-up after a restart, replay of compressed history); lateness is therefore judged
+per scope, not against one global clock. An event at ``t`` is *too late* when
+
+* ``t < (largest counted time of its scope) - allowed_lateness`` (out of order within its own
+  partition: all events of a card are in one partition), or
+* ``t < (global watermark) - max_skew`` (its partition lags the most advanced one by more than
+  ``max_skew_seconds``, default one day, at least the lateness),
+
+earlier events of its batch included. A too-late event is scored against the current state,
+remembered as seen, not added to the state; :attr:`RedisFeatureStore.late_events` counts them.
+Every other event is applied where it belongs and every value is exact (equal to
+:func:`features.reference.reference_features`). Compaction keeps that true: the records of a kind
+whose entity contains the scope field (card, card x merchant) are merged/dropped relative to that
+card's own watermark and the lateness; those of the other kinds (merchant, customer, device, ip,
+labels), which receive events from every partition, relative to the global watermark and
+``max_skew``. Entity state is thus bounded in event time (records older than the kind's reach plus
+lateness or skew are dropped when the value is next written, idle values are deleted through the
+``idx`` sets); field TTLs (wall clock) are a backstop.
 
 Per batch, :meth:`RedisFeatureStore.update_batch` makes exactly one ``EVALSHA`` (re-loaded
 transparently after ``NOSCRIPT``, e.g. after a restart or ``SCRIPT FLUSH``); the script is atomic,
@@ -34,6 +62,7 @@ standalone server (the keys of a batch are not in one cluster slot).
 from __future__ import annotations
 
 import math
+import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +80,9 @@ from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all
 
 DAY_MS = 86_400_000
 DEFAULT_SEEN_TTL_SECONDS = 7 * 86400
+DEFAULT_MAX_SKEW_SECONDS = 86400
+#: The partition key of each source's topic: lateness is judged per value of this field.
+SCOPE_FIELD = {"transactions": "card_id", "events": "customer_id"}
 HASH_MASK = (1 << 52) - 1
 _H0 = b"\0" * 8
 #: Fewest records a compaction must remove to be written back.
@@ -81,6 +113,8 @@ class _Kind:
     distinct: str | None
     key: str
     features: list[_KindFeature] = field(default_factory=list)
+    scoped: bool = False  # entity contains the scope field: compacted per scope watermark
+    allowance_ms: int = 0  # lateness (scoped) or skew: how far back a counted event may be
     columns: tuple[int, ...] = ()
     ttl_seconds: int = 0
     keep_ms: int = 0
@@ -130,6 +164,12 @@ def _pack_args(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _new_header() -> bytes:
+    """Header (generation) of a new field: random, so that a compaction planned for a value that
+    was deleted (idle) and created again never matches it."""
+    return struct.pack("<d", float((1 << 51) + secrets.randbits(50)))
+
+
 def _as_bytes(x: bytes | str) -> bytes:
     return x.encode("latin-1") if isinstance(x, str) else x
 
@@ -171,9 +211,12 @@ def filter_mask(flt: Filter | None, columns: Mapping[str, Sequence[Any]], n: int
 class RedisFeatureStore:
     """Declarative windowed features kept in Redis; see the module docstring.
 
-    ``allowed_lateness_seconds``: how far (event time) an event may lag behind the watermark and
-    still be applied. ``seen_ttl_seconds``: how long event ids are remembered (and label look-ups
-    possible); at least the longest reach (window + delay) plus the lateness.
+    ``allowed_lateness_seconds``: how far (event time) an event may lag behind the newest counted
+    event of its scope (card / customer) and still be applied. ``max_skew_seconds``: how far it
+    may lag behind the global watermark (partitions progressing unevenly); default one day, at
+    least the lateness. ``seen_ttl_seconds``: wall-clock backstop for how long event ids are
+    remembered (and label look-ups possible); at least the longest reach (window + delay) plus
+    the lateness. See the module docstring.
     """
 
     def __init__(
@@ -183,14 +226,25 @@ class RedisFeatureStore:
         seen_ttl_seconds: int | None = None,
         allowed_lateness_seconds: int = 3600,
         prefix: str = "rs:",
+        *,
+        max_skew_seconds: int | None = None,
     ) -> None:
         self.spec = validate_spec(spec)
         if allowed_lateness_seconds < 0:
             msg = "allowed_lateness_seconds must be >= 0"
             raise ValueError(msg)
+        if max_skew_seconds is None:
+            max_skew_seconds = max(DEFAULT_MAX_SKEW_SECONDS, allowed_lateness_seconds)
+        if max_skew_seconds < allowed_lateness_seconds:
+            msg = (
+                f"max_skew_seconds={max_skew_seconds} must be >= allowed_lateness_seconds="
+                f"{allowed_lateness_seconds}"
+            )
+            raise ValueError(msg)
+        self.max_skew_seconds = int(max_skew_seconds)
         longest = max(f.reach_seconds for f in self.spec)
         if seen_ttl_seconds is None:
-            seen_ttl_seconds = max(DEFAULT_SEEN_TTL_SECONDS, longest + allowed_lateness_seconds)
+            seen_ttl_seconds = max(DEFAULT_SEEN_TTL_SECONDS, longest + max_skew_seconds)
         if seen_ttl_seconds < longest + allowed_lateness_seconds:
             msg = (
                 f"seen_ttl_seconds={seen_ttl_seconds} must be >= the longest reach (window + "
@@ -255,7 +309,11 @@ class RedisFeatureStore:
             self._add(self._kind(f.source, f.entity, f.filter, distinct), f, f.agg, col)
         self._n_work = extra
         lateness_ms = self.allowed_lateness_seconds * 1000
+        skew_ms = self.max_skew_seconds * 1000
         for kind in self._kinds.values():
+            scope = SCOPE_FIELD.get(kind.source)
+            kind.scoped = scope is not None and scope in kind.entity.split("+")
+            kind.allowance_ms = lateness_ms if kind.scoped else skew_ms
             aggs = {kf.agg for kf in kind.features}
             cols = [0, 1]
             if aggs & {AGG_CODES[a] for a in ("sum", "mean", "std", "ratio")}:
@@ -272,7 +330,7 @@ class RedisFeatureStore:
                 cols = [0, 6]
             kind.columns = tuple(cols)
             reach = max(kf.reach_ms for kf in kind.features)
-            kind.keep_ms = reach + lateness_ms
+            kind.keep_ms = reach + kind.allowance_ms
             kind.ttl_seconds = math.ceil(kind.keep_ms / 1000) + 60
             reaches = sorted({kf.reach_ms for kf in kind.features})
             ages = [0] + [r + 1 for r in reaches[:-1]]
@@ -282,6 +340,12 @@ class RedisFeatureStore:
                 dtype=np.int64,
             )
         self._label_kinds = [k for k in self._kinds.values() if k.source == "labels"]
+        # how long (event time) the seen day hashes must stay: idempotency needs max_skew (an
+        # older event is too late anyway); label look-ups need the label kinds' reach on top
+        self._retain_ms = {
+            "transactions": max([skew_ms, *(k.keep_ms for k in self._label_kinds)]),
+            "events": skew_ms,
+        }
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -408,21 +472,46 @@ class RedisFeatureStore:
         else:
             seen_vals = ["1"] * nu
         src = "t" if is_tx else "e"
-        keys: list[str] = [f"{self.prefix}wm:{src}"]
+        # scope (partition key) of every event: lateness is judged per scope value
+        scol = columns.get(SCOPE_FIELD[source])
+        sindex: dict[str, int] = {}
+        if scol is None:
+            scode = np.zeros(n, dtype=np.int64)
+            sindex[""] = 0
+        else:
+            if len(scol) != n:
+                msg = f"field {SCOPE_FIELD[source]!r} has {len(scol)} values for {n} events"
+                raise ValueError(msg)
+            sdef = sindex.setdefault
+            scode = np.fromiter(
+                (sdef("" if not v else str(v), len(sindex)) for v in scol), np.int64, count=n
+            )
+        keys: list[str] = [
+            f"{self.prefix}wm:{src}",
+            f"{self.prefix}swm:{src}",
+            f"{self.prefix}days:{src}",
+        ]
         keys += [f"{self.prefix}seen:{src}:{int(d)}" for d in days]
-        evbin = np.empty((n, 2), dtype="<f8")
+        evbin = np.empty((n, 3), dtype="<f8")
         evbin[:, 0] = ts
         evbin[:, 1] = rank[uid]
+        evbin[:, 2] = scode + 1
         args: list[Any] = [
             n,
             nu,
             len(days),
             self.allowed_lateness_seconds * 1000,
             self.seen_ttl_seconds,
+            self.max_skew_seconds * 1000,
+            self._retain_ms[source],
+            len(sindex),
+            _new_header(),
             evbin.tobytes(),
             np.where(first, ord("1"), ord("0")).astype(np.uint8).tobytes(),
             " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
+            " ".join(str(int(d)) for d in days.tolist()),
         ]
+        args += list(sindex)
         args += sorted_ids
         args += seen_vals
         # entity groups
@@ -437,10 +526,30 @@ class RedisFeatureStore:
                 (setdefault(v, len(index)) if v else -1 for v in vals), np.int64, count=n
             )
             groups[k.entity] = (len(groups) + 1, code, list(index))
+        keys += [f"{self.prefix}idx:{src}:{ent}" for ent in groups]
+        kpos = {k.key: len(keys) + 1 + j for j, k in enumerate(kinds)}  # 1-based KEYS position
         args.append(len(groups))
-        for _g, _code, values in groups.values():
+        new_ts = np.where(first, ts.astype(np.float64), -1e300)
+        for ent, (_g, code, values) in groups.items():
             args.append(len(values))
             args += values
+            # event-time expiry of idle values: the kinds of this entity written by this source
+            # (and, with transactions, the label kinds), once the value's newest event is more
+            # than max_skew + the longest reach behind the global watermark
+            swept = [
+                k for k in kinds if k.entity == ent and (k.source == source or k.source == "labels")
+            ]
+            if swept:
+                idle = self.max_skew_seconds * 1000 + max(
+                    kf.reach_ms for k in swept for kf in k.features
+                )
+                args.append(" ".join([str(idle), *(str(kpos[k.key]) for k in swept)]))
+                newest = np.full(len(values), -1e300)
+                known = code >= 0
+                np.maximum.at(newest, code[known], new_ts[known])
+                args.append(newest.astype("<f8").tobytes())
+            else:
+                args += ["0", b""]
         # the batch's records (7 columns) and, per kind, which events feed it
         rec7 = np.zeros((n, 7))
         rec7[:, 0] = ts
@@ -496,11 +605,12 @@ class RedisFeatureStore:
         self._last_counted = int(np.count_nonzero(counted))
         wm_pre = int(_as_bytes(reply[1]))
         wm_now = max(wm_pre, int(ts[counted].max())) if counted.any() else wm_pre
+        scope_wm = np.array(_as_bytes(reply[2]).split(), dtype=np.int64)
         work = np.empty((n, self._n_work), dtype=np.float64) if is_tx else None
         for j, k in enumerate(kinds):
             _g, code, values = groups[k.entity]
-            data = np.frombuffer(_as_bytes(reply[2 + 2 * j]), dtype=np.uint8)
-            lens_raw = _as_bytes(reply[3 + 2 * j])
+            data = np.frombuffer(_as_bytes(reply[3 + 2 * j]), dtype=np.uint8)
+            lens_raw = _as_bytes(reply[4 + 2 * j])
             lens = np.array(lens_raw.split(), dtype=np.int64) if values else np.zeros(0, np.int64)
             pre_off, pre7, headers = self._decode(k, data, lens)
             cnt = (counted & members[k.key]) if k.key in members else np.zeros(n, dtype=bool)
@@ -525,7 +635,16 @@ class RedisFeatureStore:
                     np.array([f.col for f in feats], dtype=np.int64),
                     work,
                 )
-            if values:
+            # compact what this batch writes (and, with transactions, the label kinds); kinds of
+            # the other source are compacted by that source's batches (their own clocks)
+            if values and (k.source == source or k.source == "labels"):
+                if k.scoped:  # relative to the watermark of each value's scope (its card)
+                    vscope = np.zeros(len(values), dtype=np.int64)
+                    has = np.flatnonzero(code >= 0)
+                    vscope[code[has]] = scode[has]
+                    now = scope_wm[vscope]
+                else:
+                    now = np.full(len(values), wm_now, dtype=np.int64)
                 self._plan_compaction(
                     k,
                     code,
@@ -537,7 +656,7 @@ class RedisFeatureStore:
                     pre7,
                     headers,
                     lens,
-                    wm_now,
+                    now,
                 )
         if work is None:
             return out
@@ -578,7 +697,7 @@ class RedisFeatureStore:
         pre7: FloatArray,
         headers: Any,
         lens: IntArray,
-        wm_now: int,
+        now: IntArray,
     ) -> None:
         """Merge/drop the records of the batch's values; written by the next call (CAS)."""
         kk = len(values)
@@ -593,11 +712,11 @@ class RedisFeatureStore:
         post = np.ascontiguousarray(allrec[order])
         post_off = np.zeros(kk + 1, dtype=np.int64)
         np.cumsum(np.bincount(owner, minlength=kk), out=post_off[1:])
-        new_off, comp = kernels.compact(
+        new_off, comp = kernels.compact_values(
             post_off,
             post,
-            wm_now,
-            self.allowed_lateness_seconds * 1000,
+            now,
+            k.allowance_ms,
             k.keep_ms,
             k.tier_age,
             k.tier_res,
@@ -680,7 +799,8 @@ class RedisFeatureStore:
         reach_days = math.ceil(max(k.keep_ms for k in self._label_kinds) / DAY_MS) + 1
         lo = int(ldays.min()) - reach_days
         hi = int(ldays.max()) + 1
-        keys = [f"{self.prefix}lseen:{int(d)}" for d in ldays]
+        keys = [f"{self.prefix}days:t"]
+        keys += [f"{self.prefix}lseen:{int(d)}" for d in ldays]
         keys += [f"{self.prefix}seen:t:{d}" for d in range(hi, lo - 1, -1)]
         keys += [k.key for k in self._label_kinds]
         args: list[Any] = [
@@ -689,8 +809,10 @@ class RedisFeatureStore:
             hi - lo + 1,
             len(self._label_kinds),
             self.seen_ttl_seconds,
-            max(k.ttl_seconds for k in self._label_kinds),
+            f"{max(k.ttl_seconds for k in self._label_kinds)} "
+            f"{struct.unpack('<d', _new_header())[0]:.0f}",
             " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
+            " ".join(str(int(d)) for d in ldays.tolist()),
         ]
         args += ids
         args += [str(int(x)) for x in lts.tolist()]

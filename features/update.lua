@@ -2,23 +2,41 @@
 --
 -- Layout: one hash per kind (entity [+ filter] [+ distinct field]); field = entity value; value =
 -- 8-byte header (generation, for compare-and-set compaction) + fixed-width float64 records, appended
--- in arrival order. Field TTLs (HEXPIRE) bound memory. Idempotency and the label look-up share
--- one hash per event-time day: field = event id, value = what labels need of the event.
+-- in arrival order. Field TTLs (HEXPIRE) are a wall-clock backstop. Idempotency and the label
+-- look-up share one hash per event-time day: field = event id, value = what labels need of the
+-- event; the day hashes are indexed in a sorted set (score = end of the day, ms) and deleted once
+-- the watermark has passed them by more than the retention (event time).
 --
--- KEYS[1]             watermark (largest counted event time, ms)
--- KEYS[2..1+nd]       seen hashes, one per event day present in the batch
--- KEYS[2+nd..]        kind hashes, in kind order
--- ARGV[1..5]          n, nu (distinct ids), nd, lateness ms, seen TTL s
--- ARGV[6]             per event, little-endian float64 pairs: ts, unique id number (1..nu)
--- ARGV[7]             per event '1' = first occurrence of its id in the batch, else '0'
--- ARGV[8]             per day: "a b" ranges of unique id numbers (ids are ordered by day)
--- ARGV[9..8+nu]       unique ids;  ARGV[9+nu..8+2nu]  their seen values
--- then ng, and per entity group: K, K values
+-- Lateness is judged per scope (the partition key: card for transactions, customer for account
+-- events) and against the global watermark with a skew allowance: an event is too late when
+-- t < (newest counted time of its scope) - lateness  or  t < (global watermark) - skew.
+--
+-- KEYS[1]             global watermark (largest counted event time, ms)
+-- KEYS[2]             scope watermarks (hash: scope value -> largest counted event time, ms)
+-- KEYS[3]             index of the seen day hashes (sorted set)
+-- KEYS[4..3+nd]       seen hashes, one per event day present in the batch
+-- KEYS[4+nd..3+nd+ng] per entity group: index of its values by newest event time (sorted set)
+-- KEYS[4+nd+ng..]     kind hashes, in kind order
+-- ARGV[1..9]          n, nu (distinct ids), nd, lateness ms, seen TTL s, skew ms, retention ms,
+--                     ns (distinct scope values), header of a new field (8 bytes, random)
+-- ARGV[10]            per event, little-endian float64 triples: ts, unique id number (1..nu),
+--                     scope number (1..ns)
+-- ARGV[11]            per event '1' = first occurrence of its id in the batch, else '0'
+-- ARGV[12]            per day: "a b" ranges of unique id numbers (ids are ordered by day)
+-- ARGV[13]            the days (event-time day numbers, space separated)
+-- ARGV[14..13+ns]     scope values
+-- then nu unique ids, then their nu seen values
+-- then ng, and per entity group: K, K values, "idle ms, KEYS positions of the kinds its index
+--   covers", per value float64 newest event time in the batch (< -1e299: none).
+--   A value whose newest event time is more than "idle ms" behind the global watermark can no
+--   longer be in any window of a countable event: its fields are deleted from those kinds
+--   (event-time expiry of idle entities; at most 500 per group and batch).
 -- then per kind: "group write width ttl ncomp", [records, counts (u16 BE per value), positions
 --   (float64 per event: record number within the kind, 0 = none)] if write, then ncomp x
 --   (field, old header, length, new value)
 -- Reply: { flags (per event: '0' already seen, '1' counted, '2' too late: seen, not stored),
---          watermark before the batch, per kind: records of the batch's values, their lengths }
+--          global watermark before the batch, scope watermarks after the batch (space separated),
+--          per kind: records of the batch's values, their lengths }
 
 local CHUNK = 100
 local FMT = '<' .. string.rep('d', CHUNK)
@@ -40,38 +58,55 @@ local function doubles(s)
   return out
 end
 
-local H0 = string.rep('\0', 8)
+local DAY = 86400000
 local n = tonumber(ARGV[1])
 local nu = tonumber(ARGV[2])
 local nd = tonumber(ARGV[3])
 local late_ms = tonumber(ARGV[4])
 local seen_ttl = ARGV[5]
-local ev = doubles(ARGV[6])
-local first = ARGV[7]
+local skew_ms = tonumber(ARGV[6])
+local retain_ms = tonumber(ARGV[7])
+local ns = tonumber(ARGV[8])
+local NEWH = ARGV[9]
+local ev = doubles(ARGV[10])
+local first = ARGV[11]
+local SV = 13            -- scope values: ARGV[SV + s]
+local ID = 13 + ns       -- ids: ARGV[ID + u]; seen values: ARGV[ID + nu + u]
+local KD = 3             -- seen day hashes: KEYS[KD + d]
 
 -- (a) idempotency: which ids were already seen
 local seen = {}
-local it = string.gmatch(ARGV[8], '%S+')
+local it = string.gmatch(ARGV[12], '%S+')
 for d = 1, nd do
   local a, b = tonumber(it()), tonumber(it())
-  local vals = redis.call('HMGET', KEYS[1 + d], unpack(ARGV, 8 + a, 8 + b))
+  local vals = redis.call('HMGET', KEYS[KD + d], unpack(ARGV, ID + a, ID + b))
   for u = a, b do seen[u] = vals[u - a + 1] end
 end
 
--- (b) flags in stream order; watermark
+-- (b) flags in stream order; global and per-scope watermarks
 local wm = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
 local run = wm
+local srun = {}
+if ns > 0 then
+  local v = redis.call('HMGET', KEYS[2], unpack(ARGV, SV + 1, SV + ns))
+  for s = 1, ns do srun[s] = tonumber(v[s] or '-1e18') end
+end
+local schanged = {}
 local flags = {}
 local drops = false
 for i = 1, n do
-  local t, u = ev[2 * i - 1], ev[2 * i]
+  local t, u, s = ev[3 * i - 2], ev[3 * i - 1], ev[3 * i]
   if string.byte(first, i) == 49 and not seen[u] then
-    if t < run - late_ms then
+    if t < srun[s] - late_ms or t < run - skew_ms then
       flags[i] = '2'
       drops = true
     else
       flags[i] = '1'
       if t > run then run = t end
+      if t > srun[s] then
+        srun[s] = t
+        schanged[s] = true
+      end
     end
   else
     flags[i] = '0'
@@ -79,44 +114,103 @@ for i = 1, n do
   end
 end
 if run > wm then redis.call('SET', KEYS[1], string.format('%d', run)) end
-
--- (c) remember the new ids
 do
-  it = string.gmatch(ARGV[8], '%S+')
+  local hs, fs, m = {}, {}, 0
+  for s = 1, ns do
+    if schanged[s] then
+      m = m + 1
+      fs[m] = ARGV[SV + s]
+      hs[2 * m - 1] = fs[m]
+      hs[2 * m] = string.format('%d', srun[s])
+    end
+  end
+  if m > 0 then
+    redis.call('HSET', KEYS[2], unpack(hs))
+    redis.call('HEXPIRE', KEYS[2], seen_ttl, 'FIELDS', m, unpack(fs))
+  end
+end
+-- day hashes the watermark has passed by more than the retention: gone (event-time expiry)
+local cutoff = run - retain_ms
+if run > wm then
+  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', string.format('%d', cutoff))
+  if #old > 0 then
+    for x = 1, #old, 1000 do
+      redis.call('DEL', unpack(old, x, math.min(x + 999, #old)))
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%d', cutoff))
+  end
+end
+
+-- (c) remember the new ids (not in day hashes that are already past the retention)
+do
+  it = string.gmatch(ARGV[12], '%S+')
+  local dit = string.gmatch(ARGV[13], '%S+')
   local isnew = {}
   for i = 1, n do
-    if flags[i] ~= '0' then isnew[ev[2 * i]] = true end
+    if flags[i] ~= '0' then isnew[ev[3 * i - 1]] = true end
   end
   for d = 1, nd do
     local a, b = tonumber(it()), tonumber(it())
+    local dend = (tonumber(dit()) + 1) * DAY
     local hs, m = {}, 0
-    for u = a, b do
-      if isnew[u] then
-        hs[m + 1] = ARGV[8 + u]
-        hs[m + 2] = ARGV[8 + nu + u]
-        m = m + 2
+    if dend > cutoff then
+      for u = a, b do
+        if isnew[u] then
+          hs[m + 1] = ARGV[ID + u]
+          hs[m + 2] = ARGV[ID + nu + u]
+          m = m + 2
+        end
       end
     end
     if m > 0 then
-      redis.call('HSET', KEYS[1 + d], unpack(hs))
-      redis.call('EXPIRE', KEYS[1 + d], seen_ttl)
+      redis.call('HSET', KEYS[KD + d], unpack(hs))
+      redis.call('EXPIRE', KEYS[KD + d], seen_ttl)
+      redis.call('ZADD', KEYS[3], string.format('%d', dend), KEYS[KD + d])
     end
   end
 end
 
 -- entity groups
-local p = 9 + 2 * nu
+local p = ID + 2 * nu + 1
 local ng = tonumber(ARGV[p]); p = p + 1
 local gstart, gsize = {}, {}
+local KG = KD + nd
 for g = 1, ng do
   local k = tonumber(ARGV[p])
   gstart[g] = p + 1
   gsize[g] = k
-  p = p + 1 + k
+  local meta = string.gmatch(ARGV[p + 1 + k], '%S+')
+  local idle = tonumber(meta() or '0')
+  local ikeys = {}
+  for x in meta do ikeys[#ikeys + 1] = KEYS[tonumber(x)] end
+  if #ikeys > 0 then
+    local idx = KEYS[KG + g]
+    local newest = doubles(ARGV[p + 2 + k])
+    local zs, m = {}, 0
+    for j = 1, k do
+      if newest[j] > -1e299 then
+        zs[m + 1] = string.format('%d', newest[j])
+        zs[m + 2] = ARGV[p + j]
+        m = m + 2
+      end
+    end
+    if m > 0 then redis.call('ZADD', idx, 'GT', unpack(zs)) end
+    if run > wm then
+      local old = redis.call('ZRANGEBYSCORE', idx, '-inf', string.format('%d', run - idle),
+        'LIMIT', 0, 500)
+      if #old > 0 then
+        for _, key in ipairs(ikeys) do redis.call('HDEL', key, unpack(old)) end
+        redis.call('ZREM', idx, unpack(old))
+      end
+    end
+  end
+  p = p + 3 + k
 end
 
-local reply = { table.concat(flags), string.format('%d', wm) }
-local kk = 1 + nd
+local sout = {}
+for s = 1, ns do sout[s] = string.format('%d', srun[s]) end
+local reply = { table.concat(flags), string.format('%d', wm), table.concat(sout, ' ') }
+local kk = KG + ng
 while p <= #ARGV do
   kk = kk + 1
   local key = KEYS[kk]
@@ -205,7 +299,7 @@ while p <= #ARGV do
             m = m + 1
             fs[m] = ARGV[a + j - 1]
             hs[2 * m - 1] = fs[m]
-            hs[2 * m] = (vals[j] or H0) .. chunk
+            hs[2 * m] = (vals[j] or NEWH) .. chunk
           end
         end
       end

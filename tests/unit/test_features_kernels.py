@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from features.kernels import AGG_CODES, compact, compute_kind, warm_up
+from features.kernels import AGG_CODES, compact, compact_values, compute_kind, warm_up
 
 T0 = 1_700_000_000_000
 
@@ -124,3 +124,37 @@ def test_compact_merges_old_records_and_drops_expired() -> None:
     assert out[:, 0].tolist() == [20_000, 3_000_000]
     assert out[:, 1].tolist() == [2.0, 1.0]
     assert out[0, 4] == 2.0 and out[0, 5] == 3.0
+
+
+def test_compact_values_per_value_reference_and_lateness() -> None:
+    # two values with the same records (0 s, 10 s, 20 s, 3000 s); value 0 is compacted relative
+    # to 3000 s, value 1 relative to 50 s (its own scope's clock): it keeps everything raw
+    rec = np.zeros((8, 7))
+    rec[:, 0] = [0, 10_000, 20_000, 3_000_000] * 2
+    rec[:, 1] = 1.0
+    off, out = compact_values(
+        np.array([0, 4, 8], dtype=np.int64),
+        rec,
+        np.array([3_000_000, 50_000], dtype=np.int64),
+        0,
+        2_990_000,
+        np.array([0], dtype=np.int64),
+        np.array([60_000], dtype=np.int64),
+        False,
+        True,
+    )
+    assert off.tolist() == [0, 2, 6]
+    assert out[:2, 0].tolist() == [20_000, 3_000_000]
+    # tiers are chosen by age minus the lateness: with a lateness of 2950 s nothing merges yet
+    tiers = (np.array([0], dtype=np.int64), np.array([60_000], dtype=np.int64))
+    off, _ = compact_values(
+        np.array([0, 4], dtype=np.int64),
+        rec[:4],
+        np.array([3_000_000], dtype=np.int64),
+        2_950_000,
+        6_000_000,
+        *tiers,
+        False,
+        True,
+    )
+    assert off.tolist() == [0, 4]
