@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from engine.settings import Settings
 from features.spec import DEFAULT_SPEC, feature_names
+from features.transaction import TRANSACTION_FEATURE_NAMES
 from models.registry import ModelRegistry
 from replay.simulate import simulate
 from replay.sources import write_transactions
@@ -56,7 +57,7 @@ def test_train_registers_a_model_with_complete_metadata(
     registry = ModelRegistry(settings.models_dir)
     assert registry.champion_version() == report.version and report.promoted
     meta = registry.metadata(report.version)
-    names = feature_names(DEFAULT_SPEC)
+    names = [*feature_names(DEFAULT_SPEC), *TRANSACTION_FEATURE_NAMES]
     assert meta["feature_names"] == names
     assert meta["training_window"] == {"start": "2026-01-02T00:00:00+00:00",
                                        "end": "2026-01-06T00:00:00+00:00"}  # fmt: skip
