@@ -23,11 +23,13 @@ Redis layout (``prefix`` defaults to ``"rs:"``):
   days they may refer to.
 * ``{prefix}days:{t|e}`` -- sorted set indexing those day hashes by the time they may go.
 * ``{prefix}idx:{t|e}:{entity}`` -- sorted set of the entity's values by their newest event time:
-  a value whose newest event is more than ``max_skew`` + the longest reach of its kinds behind the
-  global watermark can no longer be in any window of a countable event, and its fields are
-  deleted from those kinds (event-time expiry of idle entities; at most 500 per entity and
-  batch). A new field starts with a random generation header, so that a compaction planned
-  before such a deletion never applies to the value created again.
+  a value whose newest event is more than the longest reach of its kinds behind the earliest time
+  a countable event may have -- the global watermark - ``max_skew``, or the batch's own earliest
+  countable (or redelivered) event if that is earlier: a batch may span more than ``max_skew`` --
+  can no longer be in any window of a countable event, and its fields are deleted from those kinds
+  (event-time expiry of idle entities; at most 500 per entity and batch). A new field starts
+  with a random generation header, so that a compaction planned before such a deletion never
+  applies to the value created again.
 * ``{prefix}wm:{t|e}`` -- the global watermark: the largest event time counted so far (per source).
 * ``{prefix}swm:{t|e}`` -- the scope watermarks: per *scope* value (the partition key of the topic:
   ``card_id`` for transactions, ``customer_id`` for account events), the largest event time
@@ -535,15 +537,16 @@ class RedisFeatureStore:
             args += values
             # event-time expiry of idle values: the kinds of this entity written by this source
             # (and, with transactions, the label kinds), once the value's newest event is more
-            # than max_skew + the longest reach behind the global watermark
+            # than the longest reach behind the earliest event that may still be counted: the
+            # script takes the global watermark - max_skew, but not after the batch's own
+            # earliest countable event (a batch may span more than max_skew; its early events
+            # need the records of values that look idle at the watermark after the batch)
             swept = [
                 k for k in kinds if k.entity == ent and (k.source == source or k.source == "labels")
             ]
             if swept:
-                idle = self.max_skew_seconds * 1000 + max(
-                    kf.reach_ms for k in swept for kf in k.features
-                )
-                args.append(" ".join([str(idle), *(str(kpos[k.key]) for k in swept)]))
+                reach = max(kf.reach_ms for k in swept for kf in k.features)
+                args.append(" ".join([str(reach), *(str(kpos[k.key]) for k in swept)]))
                 newest = np.full(len(values), -1e300)
                 known = code >= 0
                 np.maximum.at(newest, code[known], new_ts[known])

@@ -26,11 +26,15 @@
 -- ARGV[13]            the days (event-time day numbers, space separated)
 -- ARGV[14..13+ns]     scope values
 -- then nu unique ids, then their nu seen values
--- then ng, and per entity group: K, K values, "idle ms, KEYS positions of the kinds its index
+-- then ng, and per entity group: K, K values, "reach ms, KEYS positions of the kinds its index
 --   covers", per value float64 newest event time in the batch (< -1e299: none).
---   A value whose newest event time is more than "idle ms" behind the global watermark can no
---   longer be in any window of a countable event: its fields are deleted from those kinds
---   (event-time expiry of idle entities; at most 500 per group and batch).
+--   Every event of this batch or a later one that may still be counted (or is a redelivery) has
+--   t >= oldest = min(watermark after the batch - skew, earliest such event of this batch), not
+--   below the watermark before the batch - skew. A value whose newest event time is more than
+--   "reach ms" (the longest reach of those kinds) behind that can no longer be in any window of
+--   such an event: its fields are deleted from those kinds (event-time expiry of idle entities;
+--   at most 500 per group and batch). Not "behind the watermark after the batch": a batch may
+--   span more event time than the skew, and its early events need the values' records.
 -- then per kind: "group write width ttl ncomp", [records, counts (u16 BE per value), positions
 --   (float64 per event: record number within the kind, 0 = none)] if write, then ncomp x
 --   (field, old header, length, new value)
@@ -114,6 +118,14 @@ for i = 1, n do
   end
 end
 if run > wm then redis.call('SET', KEYS[1], string.format('%d', run)) end
+-- the earliest time an event of this batch (counted or redelivered) or of a later one may have
+-- and still need exact values: the idle sweep must keep what those events' windows reach
+local oldest = run - skew_ms
+for i = 1, n do
+  local t = ev[3 * i - 2]
+  if flags[i] ~= '2' and t < oldest then oldest = t end
+end
+if oldest < wm - skew_ms then oldest = wm - skew_ms end
 do
   local hs, fs, m = {}, {}, 0
   for s = 1, ns do
@@ -180,7 +192,7 @@ for g = 1, ng do
   gstart[g] = p + 1
   gsize[g] = k
   local meta = string.gmatch(ARGV[p + 1 + k], '%S+')
-  local idle = tonumber(meta() or '0')
+  local reach = tonumber(meta() or '0')
   local ikeys = {}
   for x in meta do ikeys[#ikeys + 1] = KEYS[tonumber(x)] end
   if #ikeys > 0 then
@@ -196,7 +208,7 @@ for g = 1, ng do
     end
     if m > 0 then redis.call('ZADD', idx, 'GT', unpack(zs)) end
     if run > wm then
-      local old = redis.call('ZRANGEBYSCORE', idx, '-inf', string.format('%d', run - idle),
+      local old = redis.call('ZRANGEBYSCORE', idx, '-inf', string.format('%d', oldest - reach),
         'LIMIT', 0, 500)
       if #old > 0 then
         for _, key in ipairs(ikeys) do redis.call('HDEL', key, unpack(old)) end
