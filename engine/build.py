@@ -83,9 +83,7 @@ def build_service(
         except Exception:
             log.exception("champion model unreadable; deciding with rules only until a good one")
     online = online_model(settings.checkpoints_dir / "online.pkl", names)
-    anomaly = AnomalyModel.load_or_new(
-        settings.checkpoints_dir / "anomaly.pkl", names
-    )
+    anomaly = AnomalyModel.load_or_new(settings.checkpoints_dir / "anomaly.pkl", names)
     anomaly.warm_up()
     pipeline = Pipeline(
         store,

@@ -22,12 +22,19 @@ from replay.handbook import simulate_handbook
 from replay.metrics import HANDBOOK_BASELINES
 from replay.sources import write_transactions
 
-console = Console()
+console = Console(width=150)  # the table is wide; do not squeeze it into 80 columns
 TRAIN_START = "2018-07-25"
 COLUMNS = (
     "auc_roc", "average_precision", "card_precision_at_100", "oracle_card_precision_at_100",
     "n_test", "n_test_frauds", "events_per_second", "seconds",
 )  # fmt: skip
+
+
+_HEADERS = {
+    "auc_roc": "AUC ROC", "average_precision": "AP", "card_precision_at_100": "CP@100",
+    "oracle_card_precision_at_100": "oracle CP@100", "n_test": "test txns",
+    "n_test_frauds": "test frauds", "events_per_second": "events/s", "seconds": "seconds",
+}  # fmt: skip
 
 
 def handbook_period() -> Period:
@@ -70,9 +77,9 @@ def run_handbook_benchmark(seeds: list[int], out: Path, redis_url: str) -> dict[
 
 def _print(rows: dict[str, dict[str, Any]], mean: dict[str, float]) -> None:
     table = Table(title="Handbook benchmark (test week 2018-08-08 .. 2018-08-14)")
-    table.add_column("run")
+    table.add_column("run", no_wrap=True)
     for k in COLUMNS:
-        table.add_column(k.replace("_", " "), justify="right")
+        table.add_column(_HEADERS.get(k, k), justify="right", no_wrap=True)
 
     def fmt(v: Any) -> str:
         if isinstance(v, float) and math.isnan(v):
