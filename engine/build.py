@@ -17,7 +17,7 @@ from engine.policy import Policy
 from engine.service import ScoringService
 from engine.settings import Settings
 from engine.sinks import KafkaSink, MemorySink, NullSink
-from features.spec import DEFAULT_SPEC
+from features.spec import DEFAULT_SPEC, load_spec
 from features.store import RedisFeatureStore
 from features.transaction import TRANSACTION_FEATURE_NAMES
 from models.anomaly import AnomalyModel
@@ -71,7 +71,8 @@ def build_service(
 ) -> ScoringService:
     client = client or redis.Redis.from_url(settings.redis_url)
     check_server(client)
-    store = RedisFeatureStore(client, DEFAULT_SPEC)
+    spec = load_spec(settings.feature_spec) if settings.feature_spec else DEFAULT_SPEC
+    store = RedisFeatureStore(client, spec)
     store.warm_up()
     names = [*store.feature_names, *TRANSACTION_FEATURE_NAMES]
     watcher = RuleSetWatcher(settings.rules_dir, names, poll_seconds=2.0, redis_client=client)

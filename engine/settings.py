@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
 
     rules_dir: Path = DEFAULT_RULES_DIR
+    #: A YAML feature spec; unset = the built-in default spec (features/spec.py).
+    feature_spec: Path | None = None
     review_threshold: float = Field(default=0.5, ge=0, le=1)
     block_threshold: float = Field(default=0.9, ge=0, le=1)
     review_queue_max: int = Field(default=100_000, ge=1)

@@ -77,7 +77,9 @@ def run_bench(out: Path, e2e_events: int = 30000) -> dict[str, Any]:
         service = build_service(settings, sink=NullSink(), use_registry=False, live=True)
         run = run_inprocess(service, history, 1000, label="warm-up")
         y = history["is_fraud"].to_numpy()
-        trained = train_lightgbm(run.feature_matrix(), y, run.feature_names)
+        trained = train_lightgbm(
+            run.feature_matrix(), y, run.feature_names, params={"scale_pos_weight": 1.0}
+        )
         registry = ModelRegistry(settings.models_dir)
         version = registry.register(trained.scorer, {"source": "bench"})
         registry.promote(version)

@@ -199,3 +199,27 @@ def test_online_evaluation_gauges_follow_arriving_labels(
         REGISTRY.get_sample_value("riskstream_model_review_precision", {"version": scorer.version})
         is not None
     )
+
+
+def test_a_yaml_feature_spec_named_by_settings_replaces_the_default(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "- {entity: card_id, agg: count, window: 1h, resolution: 1m}\n"
+        "- {entity: card_id, agg: distinct, field: merchant_id, window: 24h, resolution: 10m}\n"
+    )
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text(
+        "rules:\n  - {id: many, condition: f.card_id_count_1h > 100, action: review, reason: x}\n"
+    )
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path, feature_spec=spec, rules_dir=rules)
+    svc = build_service(settings, sink=MemorySink(), client=redis_client)
+    assert svc.pipeline.feature_names[:2] == [
+        "card_id_count_1h", "card_id_distinct_merchant_id_24h"
+    ]  # fmt: skip
+    report = svc.process_transactions(raw([txn(i, card_id="c") for i in range(4)]))
+    assert report.scored is not None
+    assert report.scored.features[:, 0].tolist() == [1, 2, 3, 4]
+    assert report.scored.features[:, 1].tolist() == [1, 2, 3, 3]
