@@ -236,7 +236,9 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except Abort:
         sys.exit(130)
     except ClickException as exc:

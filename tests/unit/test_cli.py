@@ -39,3 +39,9 @@ def test_help_lists_the_commands() -> None:
     assert res.returncode == 0
     for cmd in ("up", "worker", "simulate", "demo", "bench"):
         assert cmd in res.stdout
+
+
+def test_rules_check_exits_non_zero_on_an_invalid_directory(tmp_path: object) -> None:
+    res = run("rules", "check", "/nonexistent-rules-dir")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
