@@ -169,7 +169,7 @@ class Membership:
 class Node:
     kind: str
 
-    def eval(self, env: Env) -> Result:  # pragma: no cover - overridden
+    def compute(self, env: Env) -> Result:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def txn_fields(self) -> set[str]:
@@ -180,7 +180,7 @@ class Node:
 class Const(Node):
     value: Any
 
-    def eval(self, env: Env) -> Result:
+    def compute(self, env: Env) -> Result:
         dtype = {BOOL: bool, INT: np.int64, DOUBLE: np.float64}.get(self.kind, object)
         vals: Arr = np.empty(env.n, dtype=dtype)
         vals[:] = self.value
@@ -202,7 +202,7 @@ class NamedList(Node):
 class TxnField(Node):
     name: str
 
-    def eval(self, env: Env) -> Result:
+    def compute(self, env: Env) -> Result:
         vals, present, _ = env.txn(self.name)
         return vals, ~present
 
@@ -214,7 +214,7 @@ class TxnField(Node):
 class Feature(Node):
     name: str
 
-    def eval(self, env: Env) -> Result:
+    def compute(self, env: Env) -> Result:
         return env.feature(self.name)
 
 
@@ -223,7 +223,7 @@ class Has(Node):
     root: str
     name: str
 
-    def eval(self, env: Env) -> Result:
+    def compute(self, env: Env) -> Result:
         if self.root == "txn":
             return env.txn(self.name)[1], env.false
         present = env.true if self.name in env.feature_index else env.false
@@ -244,23 +244,23 @@ class Op(Node):
             out |= a.txn_fields()
         return out
 
-    def eval(self, env: Env) -> Result:  # noqa: C901 - one dispatch over operators
+    def compute(self, env: Env) -> Result:  # noqa: C901 - one dispatch over operators
         op = self.op
         if op in ("&&", "||"):
-            (a, ea), (b, eb) = self.args[0].eval(env), self.args[1].eval(env)
+            (a, ea), (b, eb) = self.args[0].compute(env), self.args[1].compute(env)
             if op == "&&":
                 false = (~ea & ~a) | (~eb & ~b)
                 return ~false & ~ea & ~eb, ~false & (ea | eb)
             true = (~ea & a) | (~eb & b)
             return true, ~true & (ea | eb)
         if op == "!":
-            a, ea = self.args[0].eval(env)
+            a, ea = self.args[0].compute(env)
             return ~a, ea
         if op == "?:":
-            (c, ec), (t, et), (f, ef) = (n.eval(env) for n in self.args)
+            (c, ec), (t, et), (f, ef) = (n.compute(env) for n in self.args)
             return np.where(c, t, f), ec | np.where(c, et, ef)
         if op == "in":
-            a, ea = self.args[0].eval(env)
+            a, ea = self.args[0].compute(env)
             lst = self.args[1]
             if isinstance(lst, ListConst):
                 member = lst.member
@@ -271,21 +271,21 @@ class Op(Node):
                 raise Unsupported(msg)
             return member.contains(a, self.args[0].kind), ea
         if op == "neg":
-            a, ea = self.args[0].eval(env)
+            a, ea = self.args[0].compute(env)
             with np.errstate(all="ignore"):
                 return np.negative(a), ea
         if op in _STRING_FUNCS:
-            (a, ea), (b, eb) = self.args[0].eval(env), self.args[1].eval(env)
+            (a, ea), (b, eb) = self.args[0].compute(env), self.args[1].compute(env)
             fn = _STRING_FUNCS[op]
             return np.fromiter(map(fn, a, b), dtype=bool, count=env.n), ea | eb
         if op == "size":
-            a, ea = self.args[0].eval(env)
+            a, ea = self.args[0].compute(env)
             sizes = np.fromiter((len(s.encode()) for s in a), dtype=np.int64, count=env.n)
             return sizes, ea
         if op == "double":
-            a, ea = self.args[0].eval(env)
+            a, ea = self.args[0].compute(env)
             return a.astype(np.float64), ea
-        (a, ea), (b, eb) = self.args[0].eval(env), self.args[1].eval(env)
+        (a, ea), (b, eb) = self.args[0].compute(env), self.args[1].compute(env)
         err = ea | eb
         ka, kb = self.args[0].kind, self.args[1].kind
         if op in ("==", "!="):
@@ -660,7 +660,7 @@ class VectorProgram:
         odd = env.false
         for name in self.txn_fields:
             odd = odd | env.txn(name)[2]
-        vals, err = self.root.eval(env)
+        vals, err = self.root.compute(env)
         fires = np.asarray(vals, dtype=bool) & ~err & ~odd
         return fires, err & ~odd, odd
 
