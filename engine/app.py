@@ -15,7 +15,27 @@ from engine.metrics import exposition
 from engine.settings import Settings
 
 
+def _short_fetch_wait(max_wait_ms: int) -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer; a scoring engine
+    wants each fetch back within a batch window, so cap it (set before the fetcher starts)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = cls._create_worker_consumer
+    if getattr(original, "_riskstream_wrapped", False):
+        return
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = min(consumer._fetch_max_wait_ms, max_wait_ms)  # noqa: SLF001
+        return consumer
+
+    create._riskstream_wrapped = True  # type: ignore[attr-defined]  # noqa: SLF001 - our marker
+    cls._create_worker_consumer = create  # type: ignore[method-assign]  # the one knob Faust hides
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
+    _short_fetch_wait(max(10, int(settings.batch_within_seconds * 1000)))
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
