@@ -132,18 +132,6 @@ def bench(
     run_bench(out=out, e2e_events=events)
 
 
-def _duration_ms(text: str) -> int:
-    """'7d', '12h', '30m', '90s' or plain milliseconds."""
-    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
-    text = text.strip()
-    if text and text[-1] in units and text[:-1].isdigit():
-        return int(text[:-1]) * units[text[-1]]
-    if text.isdigit():
-        return int(text)
-    msg = f"not a duration: {text!r} (use e.g. 7d, 12h, 30m)"
-    raise CliError(msg)
-
-
 def redis_for_offline_work(stack: Any) -> str:
     """RISKSTREAM_REDIS_URL, else a Valkey of the embedded stack started for this command."""
     from engine.stack import EmbeddedStack
@@ -172,7 +160,8 @@ def backtest(
     from contextlib import ExitStack
 
     from engine.settings import Settings
-    from replay.backtest import Period, parse_time, run_backtest
+    from replay.backtest import Period, run_backtest
+    from replay.merge import parse_duration, parse_time
 
     for path in (transactions, labels, rules):
         if path is not None and not path.exists():
@@ -180,9 +169,9 @@ def backtest(
             raise CliError(msg)
     try:
         period = Period(*(parse_time(v) for v in (train_start, train_end, test_start, test_end)))
+        delay_ms = parse_duration(label_delay)
     except ValueError as exc:
-        msg = f"bad time: {exc}"
-        raise CliError(msg) from None
+        raise CliError(str(exc)) from None
     if not period.train_start < period.train_end <= period.test_start < period.test_end:
         msg = "periods must satisfy train-start < train-end <= test-start < test-end"
         raise CliError(msg)
@@ -193,7 +182,7 @@ def backtest(
         settings = Settings(**overrides)
         report = run_backtest(
             settings, transactions, period, out, labels_path=labels,
-            label_delay_ms=_duration_ms(label_delay), model_version=model,
+            label_delay_ms=delay_ms, model_version=model,
         )  # fmt: skip
     keys = (
         "auc_roc", "average_precision", "card_precision_at_100", "oracle_card_precision_at_100",

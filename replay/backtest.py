@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,6 @@ from replay.sources import read_transactions
 
 console = Console(stderr=True)
 DAY_MS = 86_400_000
-
-
-def parse_time(value: str | int) -> int:
-    """Epoch ms from epoch ms or an ISO date/time (UTC when no zone is given)."""
-    if isinstance(value, int) or str(value).isdigit():
-        return int(value)
-    parsed = datetime.fromisoformat(str(value))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 @dataclass

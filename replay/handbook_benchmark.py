@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.settings import Settings
-from replay.backtest import DAY_MS, Period, parse_time, run_backtest
+from replay.backtest import DAY_MS, Period, run_backtest
 from replay.handbook import simulate_handbook
+from replay.merge import parse_time
 from replay.metrics import HANDBOOK_BASELINES
 from replay.sources import write_transactions
 

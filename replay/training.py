@@ -68,6 +68,7 @@ from models.online import OnlineLogisticModel
 from models.reference import reference_histogram, reference_histograms
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
+from replay import merge
 from replay.inprocess import encode, records_of
 from replay.sources import read_transactions
 
@@ -87,15 +88,10 @@ class TrainingError(ValueError):
 
 def parse_time(value: str | int) -> int:
     """Epoch ms from epoch ms, ISO-8601 (with or without zone: UTC assumed) or ``YYYY-MM-DD``."""
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
-        return int(value)
     try:
-        t = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        msg = f"not a time: {value!r} (use YYYY-MM-DD, ISO-8601 or epoch milliseconds)"
-        raise TrainingError(msg) from exc
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    return int(t.value // 1_000_000)
+        return merge.parse_time(value)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def iso(ms: int) -> str:

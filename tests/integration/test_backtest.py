@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from engine.settings import Settings
-from replay.backtest import DAY_MS, Period, parse_time, run_backtest
+from replay.backtest import DAY_MS, Period, run_backtest
+from replay.merge import parse_time
 from replay.simulate import simulate
 from replay.sources import write_transactions
 
