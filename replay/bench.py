@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,14 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.build import build_service
-from engine.settings import Settings
-from engine.sinks import NullSink, ensure_topics
-from engine.stack import EmbeddedStack
+from engine.sinks import NullSink
 from engine.worker_process import WorkerProcess, metric_value, wait_until
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay.inprocess import records_of, run_inprocess
 from replay.kafka_io import json_items, produce, producer, read_topic
+from replay.session import fresh_run
 from replay.simulate import simulate
 
 console = Console()
@@ -55,20 +53,8 @@ def run_bench(out: Path, e2e_events: int = 30000) -> dict[str, Any]:
         "python": platform.python_version(),
     }
     data_dir = Path(".bench/run")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
     with ExitStack() as stack:
-        env = {k: v for k, v in os.environ.items() if k in
-               ("RISKSTREAM_KAFKA_BOOTSTRAP", "RISKSTREAM_REDIS_URL")}  # fmt: skip
-        if len(env) < 2:
-            env = stack.enter_context(EmbeddedStack(log_dir=data_dir / "stack")).env()
-        settings = Settings(
-            data_dir=data_dir,
-            kafka_bootstrap=env["RISKSTREAM_KAFKA_BOOTSTRAP"],
-            redis_url=env["RISKSTREAM_REDIS_URL"],
-        )
-        redis.Redis.from_url(settings.redis_url).flushdb()
-        ensure_topics(settings.kafka_bootstrap, settings.topics(), settings.topic_partitions)
+        env, settings = fresh_run(stack, data_dir)
 
         console.print("[bold]bench[/]: simulating and training a model for the model stage")
         df = simulate(days=14, seed=11, n_customers=3000, n_merchants=600)

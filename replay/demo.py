@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,14 +28,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from engine.build import build_service
 from engine.review.store import queue_depth
 from engine.settings import Settings
-from engine.sinks import NullSink, ensure_topics
-from engine.stack import EmbeddedStack
+from engine.sinks import NullSink
 from engine.worker_process import WorkerProcess, metric_value, wait_until
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay.backtest import feature_log
 from replay.inprocess import records_of
 from replay.kafka_io import json_items, produce, produce_mixed, producer, read_topic
+from replay.session import fresh_run
 from replay.simulate import simulate
 
 console = Console()
@@ -53,14 +51,6 @@ MALFORMED: list[bytes] = [
     b'{"event_id": "bad-4", "ts": 1767225600000, "card_id": "4111111111111111", '
     b'"merchant_id": "m", "amount": 5}',
 ]
-
-
-def _settings(data_dir: Path, stack_env: dict[str, str]) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        kafka_bootstrap=stack_env["RISKSTREAM_KAFKA_BOOTSTRAP"],
-        redis_url=stack_env["RISKSTREAM_REDIS_URL"],
-    )
 
 
 def _labels_for(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -92,19 +82,10 @@ def _in_event_time(
 
 def run_demo(days: int, live_days: int, seed: int, customers: int, rate: float) -> dict[str, Any]:
     t_start = time.perf_counter()
-    data_dir = Path(".riskstream/demo")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
     with ExitStack() as stack:
-        env = {k: v for k, v in os.environ.items() if k in
-               ("RISKSTREAM_KAFKA_BOOTSTRAP", "RISKSTREAM_REDIS_URL")}  # fmt: skip
-        if len(env) < 2:
-            console.print("[bold]1/6[/] starting the embedded stack (Tansu + Valkey)")
-            emb = stack.enter_context(EmbeddedStack(log_dir=data_dir / "stack"))
-            env = emb.env()
-        settings = _settings(data_dir, env)
-        redis.Redis.from_url(settings.redis_url).flushdb()
-        ensure_topics(settings.kafka_bootstrap, settings.topics(), settings.topic_partitions)
+        console.print("[bold]1/6[/] servers: RISKSTREAM_* if set, else the embedded stack")
+        env, settings = fresh_run(stack, Path(".riskstream/demo"))
+        data_dir = settings.data_dir
 
         console.print(f"[bold]2/6[/] simulating {days} days, {customers:,} customers (seed {seed})")
         df = simulate(
