@@ -17,18 +17,8 @@ from hypothesis import strategies as st
 from engine.protocols import RuleSetLike
 from rules import RuleHit, RuleSet, load_rule_set
 from rules.expr import scan
+from tests.rules_support import FEATURES, RULES_DIR
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
-FEATURES = [
-    "card_id_count_1h",
-    "card_id_sum_1h",
-    "card_id_mean_1h",
-    "card_id_count_24h",
-    "card_id_sum_24h",
-    "card_id_mean_24h",
-    "merchant_id_count_24h",
-    "customer_id_count_24h",
-]
 HIGH_RISK = {"KP", "IR", "SY", "CU", "RU", "BY", "VE", "MM"}
 BENIGN = {"event_id": "e", "card_id": "c", "merchant_id": "m", "amount": 25.0, "country": "FR"}
 

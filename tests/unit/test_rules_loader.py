@@ -12,18 +12,8 @@ import pytest
 
 from rules import RuleSetError, load_rule_set, rule_set_version
 from rules.loader import MAX_CONDITION_CHARS, MAX_NESTING
+from tests.rules_support import FEATURES, RULES_DIR
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
-FEATURES = [
-    "card_id_count_1h",
-    "card_id_sum_1h",
-    "card_id_mean_1h",
-    "card_id_count_24h",
-    "card_id_sum_24h",
-    "card_id_mean_24h",
-    "merchant_id_count_24h",
-    "customer_id_count_24h",
-]
 GOOD = """\
 lists:
   hr: [NG, KP]
