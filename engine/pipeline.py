@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +17,10 @@ import numpy as np
 from engine.policy import ALLOW, Policy
 from engine.protocols import (
     BatchScorer,
+    Deferred,
     FeatureStore,
     FloatArray,
+    IntArray,
     OnlineLearner,
     OnlineScorer,
     RuleSetLike,
@@ -78,6 +80,17 @@ class ScoredBatch:
     stage_seconds: dict[str, float]
 
 
+@dataclass
+class PendingFeatures:
+    """A batch's windowed features on their way, and its own (stateless) features."""
+
+    windowed: Deferred[FloatArray]
+    own: FloatArray
+
+    def result(self) -> FloatArray:
+        return np.hstack((self.windowed.result(), self.own))
+
+
 class Pipeline:
     """features → rules → champion model (+ online model, shadows) → policy, for a whole batch."""
 
@@ -123,6 +136,21 @@ class Pipeline:
         names = self.feature_names
         timings["features"] = time.perf_counter() - t0
         return self.decide_batch(records, x, names, timings)
+
+    def submit_features(
+        self,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        amounts: FloatArray,
+        entities: Mapping[str, Sequence[str]],
+    ) -> PendingFeatures:
+        """The feature matrix :meth:`score_batch` computes, sent now and read later (replays and
+        backtests submit the next batch before reading this one). ``entities`` holds the
+        :attr:`FeatureStore.entity_fields` as text ('' when missing)."""
+        return PendingFeatures(
+            self.features.submit_batch(event_ids, ts_ms, amounts, entities),
+            transaction_features(ts_ms, amounts),
+        )
 
     def decide_batch(
         self,

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Deferred(Protocol[T_co]):
+    """A call already sent to a server; ``result()`` waits for and returns its value."""
+
+    def result(self) -> T_co: ...
 
 
 class FeatureStore(Protocol):
@@ -60,6 +69,22 @@ class FeatureStore(Protocol):
         self, event_ids: Sequence[str], label_ts_ms: Sequence[int], is_fraud: Sequence[bool]
     ) -> int:
         """Labels for label-based features; counted only from their arrival time on."""
+        ...
+
+    def submit_batch(
+        self,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        amounts: FloatArray,
+        entities: Mapping[str, Sequence[str]],
+    ) -> Deferred[FloatArray]:
+        """``update_batch`` sent now, read later: replays keep the server busy meanwhile."""
+        ...
+
+    def submit_labels(
+        self, event_ids: Sequence[str], label_ts_ms: Sequence[int], is_fraud: Sequence[bool]
+    ) -> Deferred[int]:
+        """``apply_labels_batch`` sent now, in order with the submitted batches."""
         ...
 
 

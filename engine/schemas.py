@@ -45,8 +45,8 @@ REASONS = (
 )  # fmt: skip
 
 #: Epoch-millisecond timestamps outside [2000-01-01, 2100-01-01) are refused as unparseable.
-_MIN_TS_MS = 946_684_800_000
-_MAX_TS_MS = 4_102_444_800_000
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
 
 
 @dataclass(slots=True)
@@ -155,7 +155,7 @@ def parse_ts(value: Any) -> int:
         raise Invalid(
             INVALID_TIMESTAMP, f"ts: expected epoch ms or ISO-8601, got {type(value).__name__}"
         )
-    if not _MIN_TS_MS <= ms < _MAX_TS_MS:
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
         raise Invalid(
             INVALID_TIMESTAMP, "ts: out of range 2000..2100 (epoch milliseconds expected)"
         )

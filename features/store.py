@@ -66,10 +66,11 @@ from __future__ import annotations
 import math
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,7 @@ _H0 = b"\0" * 8
 #: Fewest records a compaction must remove to be written back.
 COMPACT_MIN = 4
 _COLS = ("t", "c", "s", "q", "mn", "mx", "h")
+T = TypeVar("T")
 
 
 def _script_source(name: str) -> str:
@@ -128,6 +130,25 @@ class _Kind:
         return len(self.columns)
 
 
+@dataclass
+class _Prepared:
+    """A batch ready to send, and the arrays its reply is read against."""
+
+    source: str
+    n: int
+    out: FloatArray
+    keys: list[str] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
+    ts: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    amt: FloatArray = field(default_factory=lambda: np.zeros(0))
+    kinds: list[_Kind] = field(default_factory=list)
+    groups: dict[str, tuple[int, IntArray, list[str]]] = field(default_factory=dict)
+    members: dict[str, BoolArray] = field(default_factory=dict)
+    hashes: dict[str, FloatArray] = field(default_factory=dict)
+    rec7: FloatArray = field(default_factory=lambda: np.zeros((0, 7)))
+    scode: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
 def _kind_id(source: str, entity: str, flt: Filter | None, distinct: str | None) -> str:
     parts = [source[0], entity.replace("+", "|")]
     if flt is not None:
@@ -164,6 +185,57 @@ def _pack_args(args: Sequence[Any]) -> bytes:
             parts.append(_bulk(a if isinstance(a, bytes) else str(a).encode()))
     flush()
     return b"".join(parts)
+
+
+def _checked_amounts(amounts: FloatArray, n: int) -> FloatArray:
+    amt = np.ascontiguousarray(amounts, dtype=np.float64)
+    if amt.shape != (n,):
+        msg = f"ts_ms and amounts {amt.shape} must have shape ({n},)"
+        raise ValueError(msg)
+    if not np.isfinite(amt).all():
+        msg = "amounts must be finite"
+        raise ValueError(msg)
+    return amt
+
+
+class _Call:
+    """One script call on the wire; its reply (or error) once read."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+
+class Pending(Generic[T]):
+    """A batch (or labels) sent to the server whose reply has not been used yet.
+
+    ``result()`` reads the replies of the calls submitted before it (in order, on the store's
+    connection) and its own, then turns it into the value once; it raises what the call raised.
+    """
+
+    def __init__(
+        self, store: RedisFeatureStore, call: _Call | None, finish: Callable[[Any], T]
+    ) -> None:
+        self._store = store
+        self._call = call
+        self._finish = finish
+        self._value: T | None = None
+        self._has_value = False
+
+    def result(self) -> T:
+        if not self._has_value:
+            reply = None
+            if self._call is not None:
+                self._store._read_until(self._call)  # noqa: SLF001 (one module)
+                if self._call.error is not None:
+                    raise self._call.error
+                reply = self._call.reply
+            self._value = self._finish(reply)
+            self._has_value = True
+        return self._value  # type: ignore[return-value]
 
 
 def _new_header() -> bytes:
@@ -273,6 +345,8 @@ class RedisFeatureStore:
         self._update = client.register_script(_script_source("update.lua"))
         self._labels = client.register_script(_script_source("labels.lua"))
         self._pending: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
+        self._inflight: deque[_Call] = deque()
+        self._conn: Any = None
 
     # -- spec -> kinds ------------------------------------------------------------------------
 
@@ -395,15 +469,31 @@ class RedisFeatureStore:
         fields: Mapping[str, Sequence[str]] | None = None,
     ) -> FloatArray:
         """Apply a batch of transactions (idempotent per event id); return its feature matrix."""
-        n = len(event_ids)
-        amt = np.ascontiguousarray(amounts, dtype=np.float64)
-        if amt.shape != (n,):
-            msg = f"ts_ms and amounts {amt.shape} must have shape ({n},)"
-            raise ValueError(msg)
-        if not np.isfinite(amt).all():
-            msg = "amounts must be finite"
-            raise ValueError(msg)
-        return self._apply("transactions", event_ids, ts_ms, amt, entities, fields)
+        amt = _checked_amounts(amounts, len(event_ids))
+        return self._apply(self._prepare("transactions", event_ids, ts_ms, amt, entities, fields))
+
+    def submit_batch(
+        self,
+        event_ids: Sequence[str],
+        ts_ms: IntArray,
+        amounts: FloatArray,
+        entities: Mapping[str, Sequence[str]],
+        fields: Mapping[str, Sequence[str]] | None = None,
+    ) -> Pending[FloatArray]:
+        """Send a batch of transactions now and read its features later.
+
+        Replays and backtests submit batch k+1 before reading batch k, so that the server applies
+        one batch while this process computes the features of the previous one (two cores: the
+        server's and ours). Batches and labels are applied in the order they were submitted, on
+        one connection; ``update_batch`` gives the same features, read at once.
+        """
+        amt = _checked_amounts(amounts, len(event_ids))
+        prep = self._prepare("transactions", event_ids, ts_ms, amt, entities, fields)
+        if prep.n == 0:
+            return Pending(self, None, lambda _reply: prep.out)
+        return Pending(
+            self, self._send(self._update, prep.keys, prep.args), lambda r: self._finish(prep, r)
+        )
 
     def update_events_batch(
         self,
@@ -418,10 +508,16 @@ class RedisFeatureStore:
         n = len(event_ids)
         merged = dict(fields or {})
         merged["type"] = list(types)
-        self._apply("events", event_ids, ts_ms, np.zeros(n), entities, merged)
+        self._apply(self._prepare("events", event_ids, ts_ms, np.zeros(n), entities, merged))
         return self._last_counted
 
-    def _apply(
+    def _apply(self, prep: _Prepared) -> FloatArray:
+        if prep.n == 0:
+            self._last_counted = 0
+            return prep.out
+        return self._finish(prep, self._eval(self._update, prep.keys, prep.args))
+
+    def _prepare(
         self,
         source: str,
         event_ids: Sequence[str],
@@ -429,12 +525,12 @@ class RedisFeatureStore:
         amt: FloatArray,
         entities: Mapping[str, Sequence[str]],
         fields: Mapping[str, Sequence[str]] | None,
-    ) -> FloatArray:
+    ) -> _Prepared:
+        """Everything the script call needs, and what reading its reply needs (no I/O)."""
         n = len(event_ids)
-        self._last_counted = 0
         out = np.empty((n, self._n_out if source == "transactions" else 0), dtype=np.float64)
         if n == 0:
-            return out
+            return _Prepared(source, n, out)
         ts = np.ascontiguousarray(ts_ms, dtype=np.int64)
         if ts.shape != (n,):
             msg = f"ts_ms {ts.shape} and amounts must have shape ({n},)"
@@ -597,7 +693,16 @@ class RedisFeatureStore:
                 ]
             for fld, (hdr, length, value) in pend.items():
                 args += [fld, hdr, length, value]
-        reply = self._eval(self._update, keys, args)
+        return _Prepared(
+            source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, scode
+        )
+
+    def _finish(self, prep: _Prepared, reply: Any) -> FloatArray:
+        """Read the script's reply: flags, watermarks, records -> features; plan compactions."""
+        source, n, out, ts, amt = prep.source, prep.n, prep.out, prep.ts, prep.amt
+        kinds, groups, members, hashes = prep.kinds, prep.groups, prep.members, prep.hashes
+        rec7, scode = prep.rec7, prep.scode
+        is_tx = source == "transactions"
         flags = np.frombuffer(_as_bytes(reply[0]), dtype=np.uint8)
         if flags.shape[0] != n:
             msg = f"feature script returned {flags.shape[0]} flags for {n} events"
@@ -744,9 +849,65 @@ class RedisFeatureStore:
             pend[values[j]] = (hdr, length, struct.pack("<d", gen + 1.0) + body.tobytes())
         self._pending[k.key] = pend
 
+    def _send(self, script: Any, keys: list[str], args: list[Any]) -> _Call:
+        """Send EVAL (the script's text, so that no call in flight can meet NOSCRIPT and be
+        retried out of order) on the store's own connection, without reading the reply."""
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection()
+        source = script.script if isinstance(script.script, bytes) else script.script.encode()
+        head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (
+            3 + len(keys) + len(args),
+            _bulk(source),
+            _bulk(str(len(keys)).encode()),
+        )
+        try:
+            self._conn.send_packed_command([head, _pack_args([*keys, *args])], check_health=False)
+        except BaseException as exc:
+            self._drop_connection(exc)
+            raise
+        call = _Call()
+        self._inflight.append(call)
+        self.round_trips += 1
+        return call
+
+    def _read_until(self, call: _Call) -> None:
+        """Read replies in order up to ``call``'s; a connection failure fails every call in
+        flight (none of them is known to be applied or not: the caller retries the batch)."""
+        while not call.done:
+            first = self._inflight.popleft()
+            try:
+                first.reply = self._conn.read_response()
+            except redis.exceptions.ResponseError as exc:  # an error reply: the stream is intact
+                first.error = exc
+            except BaseException as exc:
+                first.error = exc
+                first.done = True
+                self._drop_connection(exc)
+                raise
+            first.done = True
+        if not self._inflight and self._conn is not None:
+            self.client.connection_pool.release(self._conn)
+            self._conn = None
+
+    def _drop_connection(self, exc: BaseException) -> None:
+        for c in self._inflight:
+            c.error, c.done = exc, True
+        self._inflight.clear()
+        if self._conn is not None:
+            self._conn.disconnect()
+            self.client.connection_pool.release(self._conn)
+            self._conn = None
+
     def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA with the command packed here (redis-py's per-argument packing costs more
-        than the script for a 1,000-event batch); loads the script after NOSCRIPT."""
+        than the script for a 1,000-event batch); loads the script after NOSCRIPT. Behind calls
+        still in flight it goes through :meth:`_send` instead, to keep the order."""
+        if self._inflight:
+            call = self._send(script, keys, args)
+            self._read_until(call)
+            if call.error is not None:
+                raise call.error
+            return call.reply
         body = _pack_args([*keys, *args])
         self.round_trips += 1
         for attempt in range(2):
@@ -779,7 +940,38 @@ class RedisFeatureStore:
         label_ts_ms: IntArray | Sequence[int],
         is_fraud: Sequence[bool] | BoolArray,
     ) -> int:
-        """Apply labels (one round trip); returns how many fraud labels were applied.
+        """Apply labels (one round trip); returns how many fraud labels were applied (see
+        :meth:`_labels_call` for the semantics)."""
+        call = self._labels_call(event_ids, label_ts_ms, is_fraud)
+        if call is None:
+            return 0
+        return self._labels_done(self._eval(self._labels, *call))
+
+    def submit_labels(
+        self,
+        event_ids: Sequence[str],
+        label_ts_ms: IntArray | Sequence[int],
+        is_fraud: Sequence[bool] | BoolArray,
+    ) -> Pending[int]:
+        """Send labels now, behind the batches already submitted; ``result()`` is the number of
+        fraud labels applied."""
+        call = self._labels_call(event_ids, label_ts_ms, is_fraud)
+        if call is None:
+            return Pending(self, None, lambda _reply: 0)
+        return Pending(self, self._send(self._labels, *call), self._labels_done)
+
+    def _labels_done(self, reply: Any) -> int:
+        self.labels_unknown = int(reply[2])
+        self.labels_duplicate = int(reply[3])
+        return int(reply[0])
+
+    def _labels_call(
+        self,
+        event_ids: Sequence[str],
+        label_ts_ms: IntArray | Sequence[int],
+        is_fraud: Sequence[bool] | BoolArray,
+    ) -> tuple[list[str], list[Any]] | None:
+        """The labels script's keys and arguments (None: nothing to do).
 
         A label is applied once per event id (the first one whose transaction the store knows;
         an unknown transaction's label is not remembered, so it may come again). A fraud label
@@ -788,7 +980,7 @@ class RedisFeatureStore:
         """
         n = len(event_ids)
         if n == 0 or not self._label_kinds:
-            return 0
+            return None
         lts = np.asarray(label_ts_ms, dtype=np.int64)
         fraud = np.asarray(is_fraud, dtype=bool)
         if lts.shape != (n,) or fraud.shape != (n,):
@@ -820,7 +1012,4 @@ class RedisFeatureStore:
         args += ids
         args += [str(int(x)) for x in lts.tolist()]
         args += ["1" if f else "0" for f in fraud.tolist()]
-        reply = self._eval(self._labels, keys, args)
-        self.labels_unknown = int(reply[2])
-        self.labels_duplicate = int(reply[3])
-        return int(reply[0])
+        return keys, args

@@ -22,20 +22,19 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-import orjson
 import pandas as pd
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from engine.build import build_service
-from engine.schemas import RawMessage
+from engine.pipeline import PendingFeatures
 from engine.service import ScoringService
 from engine.settings import Settings
 from engine.sinks import NullSink
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
-from replay.inprocess import encode, records_of
+from replay.inprocess import check_frame, feature_inputs, records_of
 from replay.metrics import day_of, handbook_metrics, known_compromised, to_day
 from replay.report import render_html
 from replay.sources import read_transactions
@@ -66,26 +65,27 @@ def _labels(df: pd.DataFrame, labels_path: Path | None, delay_ms: int) -> pd.Dat
     return lab.sort_values("ts", kind="stable")
 
 
-def _label_messages(lab: pd.DataFrame) -> list[RawMessage]:
-    dumps = orjson.dumps
-    return [
-        RawMessage(
-            dumps({"event_id": e, "ts": int(t), "is_fraud": bool(f), "source": "backtest"}),
-            "labels",
-        )
-        for e, t, f in zip(lab["event_id"], lab["ts"], lab["is_fraud"], strict=True)
-    ]
-
-
 def feature_log(
     service: ScoringService, df: pd.DataFrame, labels: pd.DataFrame, batch_size: int = 1000
 ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], list[str], float]:
-    """Pass 1: the feature row of every transaction, labels applied as they became known."""
-    names = list(service.pipeline.feature_names)
+    """Pass 1: the feature row of every transaction, labels applied as they became known.
+
+    The live feature code (:meth:`engine.pipeline.Pipeline.submit_features`), fed straight from
+    the columns (checked once by :func:`replay.inprocess.check_frame`); the next batch is
+    submitted before the last one is read, so the server applies it meanwhile.
+    """
+    check_frame(df)
+    pipeline = service.pipeline
+    store = pipeline.features
+    names = list(pipeline.feature_names)
+    fields = store.entity_fields
     rows: list[np.ndarray[Any, np.dtype[np.float64]]] = []
     label_ts = labels["ts"].to_numpy()
+    label_ids = labels["event_id"].astype(str).tolist()
+    label_fraud = labels["is_fraud"].to_numpy(bool)
     next_label = 0
     t0 = time.perf_counter()
+    waiting: PendingFeatures | None = None
     with Progress(
         TextColumn("[bold]features"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
@@ -96,15 +96,19 @@ def feature_log(
             first_ts = int(chunk["ts"].iloc[0])
             upto = int(np.searchsorted(label_ts, first_ts, side="left"))
             if upto > next_label:  # labels known before this batch's first transaction
-                service.process_labels(_label_messages(labels.iloc[next_label:upto]))
+                store.submit_labels(
+                    label_ids[next_label:upto], label_ts[next_label:upto],
+                    label_fraud[next_label:upto],
+                )  # fmt: skip
                 next_label = upto
-            report = service.process_transactions(encode(records_of(chunk)))
-            if report.scored is None or len(report.scored.decisions) != len(chunk):
-                msg = f"{report.dead} malformed rows in the transactions file near row {start}"
-                raise ValueError(msg)
-            rows.append(report.scored.features)
+            sent = pipeline.submit_features(*feature_inputs(chunk, fields))
+            if waiting is not None:
+                rows.append(waiting.result())
+            waiting = sent
             done = start + len(chunk)
             bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0):,.0f} ev/s")
+        if waiting is not None:
+            rows.append(waiting.result())
     x = np.vstack(rows) if rows else np.zeros((0, len(names)))
     return x, names, time.perf_counter() - t0
 

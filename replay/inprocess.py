@@ -15,7 +15,18 @@ import orjson
 import pandas as pd
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from engine.schemas import RawMessage
+from engine.cardnumbers import contains_pan
+from engine.protocols import FloatArray, IntArray
+from engine.schemas import (
+    CARD_NUMBER,
+    INVALID_AMOUNT,
+    INVALID_TIMESTAMP,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    MISSING_FIELD,
+    TRANSACTION,
+    RawMessage,
+)
 from engine.service import ScoringService
 
 #: Columns a payment system would send; labels (is_fraud, fraud_pattern) never reach the engine.
@@ -30,6 +41,63 @@ def records_of(df: pd.DataFrame) -> list[dict[str, Any]]:
     cols = [c for c in TRANSACTION_FIELDS if c in df.columns]
     out: list[dict[str, Any]] = df[cols].to_dict("records")
     return out
+
+
+def check_frame(df: pd.DataFrame) -> None:
+    """The checks :func:`engine.schemas.decode_batch` makes of a transaction, over whole columns
+    (a replay of millions of rows cannot afford them row by row): ValueError naming the first
+    bad row and the dead-letter reason."""
+    for name in TRANSACTION.required_str:
+        if name not in df.columns:
+            msg = f"{MISSING_FIELD}: the file has no column {name!r}"
+            raise ValueError(msg)
+        col = df[name]
+        bad = col.isna().to_numpy() | (col.astype(str) == "").to_numpy()
+        _raise_first(bad, MISSING_FIELD, f"{name}: required, non-empty")
+    for name in ("ts", "amount"):
+        if name not in df.columns:
+            msg = f"{MISSING_FIELD}: the file has no column {name!r}"
+            raise ValueError(msg)
+    ts = df["ts"].to_numpy()
+    _raise_first(~((ts >= MIN_TS_MS) & (ts < MAX_TS_MS)), INVALID_TIMESTAMP, "ts: out of range")
+    amount = df["amount"].to_numpy(np.float64)
+    _raise_first(~(np.isfinite(amount) & (amount > 0)), INVALID_AMOUNT, "amount: must be > 0")
+    for name in (*TRANSACTION.required_str, *TRANSACTION.optional_str):
+        if name not in df.columns:
+            continue
+        values = pd.unique(df[name].dropna())  # few distinct cards/merchants: cheap
+        pans = [v for v in values.tolist() if isinstance(v, str) and contains_pan(v)]
+        if pans:
+            bad = df[name].isin(pans[:1]).to_numpy()
+            _raise_first(bad, CARD_NUMBER, f"{name}: looks like a card number (redacted)")
+
+
+def _raise_first(bad: np.ndarray[Any, Any], reason: str, detail: str) -> None:
+    if bad.any():
+        row = int(np.argmax(bad))
+        msg = f"{reason}: row {row} of the file: {detail}"  # not the value: it may be a card number
+        raise ValueError(msg)
+
+
+def feature_inputs(
+    df: pd.DataFrame, fields: Sequence[str]
+) -> tuple[list[str], IntArray, FloatArray, dict[str, list[str]]]:
+    """What :meth:`engine.pipeline.Pipeline.submit_features` takes, straight from columns
+    (text as the worker passes it: '' when missing)."""
+    n = len(df)
+    ents = {}
+    for f in fields:
+        if f in df.columns:
+            col = df[f]
+            ents[f] = col.where(col.notna(), "").astype(str).tolist()
+        else:
+            ents[f] = [""] * n
+    return (
+        df["event_id"].astype(str).tolist(),
+        df["ts"].to_numpy(np.int64),
+        df["amount"].to_numpy(np.float64),
+        ents,
+    )
 
 
 def encode(records: Sequence[dict[str, Any]], topic: str = "transactions") -> list[RawMessage]:

@@ -1,0 +1,87 @@
+"""Batches submitted ahead of their reads (replays, backtests) give the same features as one
+batch at a time, and keep the order of batches and labels on the server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+
+from features.reference import reference_features
+from features.spec import DEFAULT_SPEC, FeatureSpec
+from features.store import Pending, RedisFeatureStore
+from tests.unit.test_features_kernels import T0, assert_features_equal, random_stream
+
+pytestmark = pytest.mark.integration
+HOUR = 3_600_000
+
+
+def _labelled_run(store: RedisFeatureStore, depth: int) -> tuple[np.ndarray, dict]:
+    """The random stream in batches of 100 (about 1.2 h of event time), labels known 2 h after
+    each transaction applied before the batch that ends after them (the store counts a label
+    only for transactions at or after its time), ``depth`` batches in flight."""
+    ids, ts, amounts, ents = random_stream(2400, seed=21, cards=25, dup_rate=0.02)
+    rng = np.random.default_rng(2)
+    fraud = rng.random(len(ids)) < 0.2
+    label_ts = ts + 2 * HOUR
+    order = np.argsort(label_ts, kind="stable")  # redeliveries repeat older times
+    inflight: list[Pending[np.ndarray]] = []
+    parts: list[np.ndarray] = []
+    labelled = 0
+    labels: dict[str, tuple[int, bool]] = {}
+    for a in range(0, len(ids), 100):
+        b = min(a + 100, len(ids))
+        due = int(np.searchsorted(label_ts[order], ts[a:b].max(), side="right"))
+        if due > labelled:
+            todo = order[labelled:due]
+            store.submit_labels([ids[i] for i in todo], label_ts[todo], fraud[todo])
+            for i in todo.tolist():
+                labels.setdefault(ids[i], (int(label_ts[i]), bool(fraud[i])))
+            labelled = due
+        sub = {k: v[a:b] for k, v in ents.items()}
+        inflight.append(store.submit_batch(ids[a:b], ts[a:b], amounts[a:b], sub))
+        if len(inflight) > depth:
+            parts.append(inflight.pop(0).result())
+    parts += [p.result() for p in inflight]
+    want = reference_features(ids, ts, amounts, ents, store.spec, labels=labels)
+    return np.vstack(parts), {"want": want}
+
+
+SPEC = [
+    *DEFAULT_SPEC[:8],
+    FeatureSpec.of("merchant_id", "fraud_rate", 86400, 3600, label_delay_seconds=2 * 3600),
+    FeatureSpec.of("card_id", "fraud_count", 86400, 3600, label_delay_seconds=2 * 3600),
+]
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_submitted_batches_match_reference(redis_client: redis.Redis, depth: int) -> None:
+    store = RedisFeatureStore(redis_client, SPEC)
+    got, ref = _labelled_run(store, depth)
+    assert_features_equal(got, ref["want"], store.feature_names)
+    assert np.nanmax(got[:, store.feature_names.index("card_id_fraud_count_24h_delay2h")]) > 0
+
+
+def test_a_synchronous_call_waits_behind_submitted_ones(redis_client: redis.Redis) -> None:
+    store = RedisFeatureStore(redis_client)
+    count = store.feature_names.index("card_id_count_1h")
+    ts = np.array([T0, T0 + 1000], dtype=np.int64)
+    first = store.submit_batch(["a", "b"], ts, np.array([1.0, 2.0]), {"card_id": ["c", "c"]})
+    x = store.update_batch(["c"], ts[1:] + 1, np.array([3.0]), {"card_id": ["c"]})
+    assert x[0, count] == 3  # the submitted batch was applied first
+    assert first.result()[:, count].tolist() == [1, 2]
+    assert store.round_trips == 2
+
+
+def test_an_error_reply_fails_only_its_call(redis_client: redis.Redis) -> None:
+    store = RedisFeatureStore(redis_client)
+    redis_client.set("rs:wm:t", "not a number")  # the script cannot compare it: an error reply
+    ts = np.array([T0], dtype=np.int64)
+    bad = store.submit_batch(["a"], ts, np.array([1.0]), {"card_id": ["c"]})
+    labels = store.submit_labels(["zz"], [T0 + 1], [True])
+    with pytest.raises(redis.exceptions.ResponseError):
+        bad.result()
+    assert labels.result() == 0  # the next call's reply is still read correctly
+    redis_client.delete("rs:wm:t")
+    x = store.update_batch(["a"], ts, np.array([1.0]), {"card_id": ["c"]})
+    assert x[0, store.feature_names.index("card_id_count_1h")] == 1
