@@ -69,6 +69,10 @@ def compute_kind(
     """
     n = code.shape[0]
     nf = agg.shape[0]
+    summable = False  # count, sum, mean and ratio add up: running totals answer them
+    for f in range(nf):
+        if agg[f] == 0 or agg[f] == 1 or agg[f] == 2 or agg[f] == 8:
+            summable = True
     order = np.argsort(code, kind="mergesort")
     p = 0
     while p < n:
@@ -90,6 +94,16 @@ def compute_kind(
             for col in range(7):
                 rec[t, col] = pre_rec[a + t, col]
         m = m0
+        if summable:  # stored records by time, with running totals: a window is two searches
+            srt = np.argsort(rec[:m0, T])
+            pt = np.empty(m0)
+            pc = np.zeros(m0 + 1)
+            ps = np.zeros(m0 + 1)
+            for x in range(m0):
+                y = srt[x]
+                pt[x] = rec[y, T]
+                pc[x + 1] = pc[x] + rec[y, C]
+                ps[x + 1] = ps[x] + rec[y, S]
         for r in range(p, q):
             i = order[r]
             ti = ts[i]
@@ -141,7 +155,14 @@ def compute_kind(
                 sq = 0.0
                 mn = np.inf
                 mx = -np.inf
-                for t in range(m):
+                first = 0
+                if summable and (g == 0 or g == 1 or g == 2 or g == 8):
+                    x0 = np.searchsorted(pt, lo, side="left")
+                    x1 = np.searchsorted(pt, hi, side="left")
+                    c = pc[x1] - pc[x0]
+                    s = ps[x1] - ps[x0]
+                    first = m0  # the batch's own records are still scanned
+                for t in range(first, m):
                     tr = rec[t, T]
                     if tr >= lo and tr < hi:
                         if g == 9:
@@ -198,57 +219,72 @@ def compact_values(
     into buckets of ``tier_res[z]`` for the last ``z`` with ``tier_age[z] <= age - lateness``, once
     ``age - lateness >= tier_res[z]`` (0 = keep raw), so that every feature that can still see it
     (reach >= tier age) has a resolution that is a multiple of the bucket and every merged record
-    is older than any such event. ``keep_ms`` includes the lateness. With ``by_hash`` records
-    merge only with equal ``h``. Returns the new offsets and records.
+    is older than any such event. Records merge when they share tier and bucket (a merged
+    record keeps the largest ``t``, so its tier is its members'). ``keep_ms`` includes the
+    lateness. With ``by_hash`` records merge only with equal ``h``. Returns the new offsets and
+    records (raw ones first, in their order, then the buckets by tier and time).
     """
     k = off.shape[0] - 1
+    nz = tier_age.shape[0]
     new_off = np.zeros(k + 1, np.int64)
     out = np.empty_like(rec)
     w = 0
     for j in range(k):
         a = off[j]
-        e = off[j + 1]
+        m = off[j + 1] - a
         now = now_ms[j]
-        start = w
-        for t in range(a, e):
-            age = now - rec[t, T]
+        tier = np.full(m, -1, np.int64)  # -1 dropped, 0 raw, z + 1 merged at tier_res[z]
+        for t in range(m):
+            age = now - rec[a + t, T]
             if age > keep_ms:
                 continue
-            res = 0
+            tier[t] = 0
             if mergeable:
                 eff = age - lateness_ms
-                for z in range(tier_age.shape[0]):
+                zz = -1
+                for z in range(nz):
                     if tier_age[z] <= eff:
-                        res = tier_res[z]
-                if res > 0 and eff < res:
-                    res = 0
-            merged = False
-            if res > 0:
-                bkt = rec[t, T] // res
-                for u in range(start, w):
-                    if out[u, T] // res == bkt:
-                        if by_hash and out[u, HH] != rec[t, HH]:
-                            continue
-                        # only merge with records of the same tier
-                        eu = now - out[u, T] - lateness_ms
-                        ru = 0
-                        for z in range(tier_age.shape[0]):
-                            if tier_age[z] <= eu:
-                                ru = tier_res[z]
-                        if ru != res or eu < ru:
-                            continue
-                        out[u, C] += rec[t, C]
-                        out[u, S] += rec[t, S]
-                        out[u, Q] += rec[t, Q]
-                        out[u, MN] = min(out[u, MN], rec[t, MN])
-                        out[u, MX] = max(out[u, MX], rec[t, MX])
-                        out[u, T] = max(out[u, T], rec[t, T])
-                        merged = True
-                        break
-            if not merged:
+                        zz = z
+                if zz >= 0 and tier_res[zz] > 0 and eff >= tier_res[zz]:
+                    tier[t] = zz + 1
+        for t in range(m):
+            if tier[t] == 0:
                 for col in range(7):
-                    out[w, col] = rec[t, col]
+                    out[w, col] = rec[a + t, col]
                 w += 1
+        for z in range(nz):
+            idx = np.flatnonzero(tier == z + 1)
+            if idx.shape[0] == 0:
+                continue
+            res = tier_res[z]
+            bkt = np.empty(idx.shape[0])
+            for x in range(idx.shape[0]):
+                bkt[x] = rec[a + idx[x], T] // res
+            if by_hash:  # by hash, then (stable) by bucket: equal (bucket, hash) are adjacent
+                hv = np.empty(idx.shape[0])
+                for x in range(idx.shape[0]):
+                    hv[x] = rec[a + idx[x], HH]
+                o1 = np.argsort(hv, kind="mergesort")
+                o2 = np.argsort(bkt[o1], kind="mergesort")
+                order = o1[o2]
+            else:
+                order = np.argsort(bkt, kind="mergesort")
+            u = -1
+            for x in range(order.shape[0]):
+                r = a + idx[order[x]]
+                b = bkt[order[x]]
+                if u >= 0 and out[u, T] // res == b and (not by_hash or out[u, HH] == rec[r, HH]):
+                    out[u, C] += rec[r, C]
+                    out[u, S] += rec[r, S]
+                    out[u, Q] += rec[r, Q]
+                    out[u, MN] = min(out[u, MN], rec[r, MN])
+                    out[u, MX] = max(out[u, MX], rec[r, MX])
+                    out[u, T] = max(out[u, T], rec[r, T])
+                else:
+                    for col in range(7):
+                        out[w, col] = rec[r, col]
+                    u = w
+                    w += 1
         new_off[j + 1] = w
     return new_off, out[:w]
 
