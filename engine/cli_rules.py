@@ -98,7 +98,8 @@ def backtest(
         Path | None, typer.Option(help="Labels file (event_id, is_fraud[, ts]).")
     ] = None,
     label_delay: Annotated[
-        str | None, typer.Option(help="Label maturity delay, e.g. 7d, 36h (is_fraud column).")
+        str | None,
+        typer.Option(help="Label delay, e.g. 7d, 36h (bare number: ms)."),
     ] = None,
     rules: Annotated[
         Path | None, typer.Option(help="Rule set to test (default: settings).")
@@ -110,12 +111,13 @@ def backtest(
     batch_size: Annotated[int, typer.Option(min=1)] = 1000,
 ) -> None:
     """Replay a labelled file through the pipeline; per-rule hits, precision, recall, diff."""
-    from replay.rules_backtest import parse_duration_ms, render, run_backtest
+    from replay.merge import parse_duration
+    from replay.rules_backtest import render, run_backtest
 
     if labels is not None and label_delay is not None:
         print("riskstream: error: give --labels or --label-delay, not both")
         raise typer.Exit(2)
-    delay = parse_duration_ms(label_delay) if label_delay else None
+    delay = parse_duration(label_delay) if label_delay else None
     report = run_backtest(
         transactions,
         rules or _default_rules_dir(),

@@ -16,7 +16,6 @@ models label maturity: a fraud label counts only if it would be known by the end
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,17 +28,6 @@ import numpy.typing as npt
 import pandas as pd
 
 DAY_MS = 86_400_000
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
-
-
-def parse_duration_ms(text: str) -> int:
-    """``"7d"``, ``"36h"``, ``"90m"``, ``"3600"`` (seconds) as milliseconds."""
-    m = _DURATION.match(text)
-    if m is None:
-        msg = f"cannot read duration {text!r} (e.g. 7d, 36h, 90m, 3600s)"
-        raise ValueError(msg)
-    return int(float(m.group(1)) * _UNIT_MS[m.group(2) or "s"])
 
 
 class _Recorder:
