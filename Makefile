@@ -23,8 +23,14 @@ setup: $(STAMP) ## Create .venv and install riskstream with the embedded stack a
 demo: setup ## Embedded stack, a simulated month, train, worker, stream the last days, summary
 	$(BIN)/riskstream demo
 
+.PHONY: test-tools
+test-tools: ## Debian tools the tests use: promtool (checks deploy/ alert rules)
+	@command -v promtool >/dev/null || { echo "installing prometheus (for promtool, Debian)"; \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) \
+	  >/dev/null 2>&1 || echo "warning: promtool could not be installed; its test is skipped"; }
+
 .PHONY: test
-test: setup ## Unit, integration (real Valkey + Tansu) and end-to-end tests
+test: setup test-tools ## Unit, integration (real Valkey + Tansu) and end-to-end tests
 	$(BIN)/pytest -q
 
 .PHONY: test-fast
