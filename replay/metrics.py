@@ -235,3 +235,47 @@ def handbook_metrics(
         "n_test_frauds": int(y.sum()),
         "n_test_days": len(cp.days),
     }
+
+
+TERMINAL_PATTERN = "compromised_terminal"
+
+
+def revealed_frauds(history: pd.DataFrame, delay_ms: int) -> npt.NDArray[np.bool_]:
+    """Per row of ``history``: is it a fraud that what was known when it happened could reveal?
+
+    Frauds of the amount and compromised-card scenarios show in the transaction and its card's
+    history (counted as revealed: a generous bound). A compromised-terminal fraud is revealed
+    only when its terminal's current run of such frauds began at least ``delay_ms`` earlier, so
+    that a label of the run was known; earlier in the run it looks exactly like a legitimate
+    payment (the terminal is chosen at random, amounts are unchanged), and no scorer can rank it
+    above one. ``history`` needs ``merchant_id``, ``ts``, ``is_fraud`` and ``fraud_pattern``.
+    """
+    fraud = history["is_fraud"].to_numpy(dtype=bool)
+    pattern = history["fraud_pattern"].astype(str).to_numpy(dtype=object)
+    term = fraud & (pattern == TERMINAL_PATTERN)
+    codes = pd.factorize(history["merchant_id"])[0]
+    ts = history["ts"].to_numpy(dtype=np.int64)
+    order = np.lexsort((ts, codes))
+    m, t, tm = codes[order], ts[order], term[order]
+    n = len(order)
+    new_merchant = np.r_[True, m[1:] != m[:-1]] if n else np.zeros(0, dtype=bool)
+    starts = tm & (new_merchant | ~np.r_[False, tm[:-1]][:n])
+    run_start = t[np.maximum.accumulate(np.where(starts, np.arange(n), 0))] if n else t
+    revealed_term = np.zeros(n, dtype=bool)
+    revealed_term[order] = tm & (run_start <= t - delay_ms)
+    out: npt.NDArray[np.bool_] = (fraud & ~term) | revealed_term
+    return out
+
+
+def revealed_ceiling(
+    df_test: pd.DataFrame,
+    scores: Sequence[float] | npt.NDArray[Any] | pd.Series,
+    revealed: npt.NDArray[np.bool_],
+    k: int = 100,
+) -> float:
+    """Card precision@k of ``scores`` with every revealed fraud (:func:`revealed_frauds`, aligned
+    with ``df_test``) moved to the top: what a better model could reach with the same ranking of
+    everything else."""
+    s = np.asarray(scores, dtype=np.float64)
+    lifted = np.where(revealed, 2.0 + s, s)  # scores are probabilities: revealed rows rank first
+    return card_precision_at_k_daily(df_test, lifted, k).mean

@@ -99,3 +99,23 @@ def test_handbook_metrics_keys() -> None:
     assert (m["n_test"], m["n_test_frauds"], m["n_test_days"]) == (4, 2, 2)
     with pytest.raises(ValueError, match="length mismatch"):
         card_precision_at_k_daily(df, [0.1])
+
+
+def test_revealed_frauds_need_a_known_label_of_the_terminal_run() -> None:
+    from replay.metrics import revealed_frauds
+
+    day = 86_400_000
+    rows = [  # (merchant, day, is_fraud, pattern)
+        ("m1", 0, False, ""),
+        ("m1", 1, True, "compromised_terminal"),  # run starts on day 1
+        ("m1", 5, True, "compromised_terminal"),  # 4 days in: nothing known yet
+        ("m1", 8, True, "compromised_terminal"),  # 7 days in: day 1's label is known
+        ("m1", 9, False, ""),  # the run ends
+        ("m1", 10, True, "compromised_terminal"),  # a new run: unknown again
+        ("m2", 8, True, "compromised_terminal"),  # another terminal, its own run
+        ("m2", 3, True, "amount_over_220"),  # visible in the transaction itself
+    ]
+    df = pd.DataFrame(rows, columns=["merchant_id", "d", "is_fraud", "fraud_pattern"])
+    df["ts"] = df["d"] * day
+    got = revealed_frauds(df, 7 * day)
+    assert got.tolist() == [False, False, False, True, False, False, False, True]
