@@ -28,7 +28,7 @@ from replay.merge import parse_time
 from replay.metrics import HANDBOOK_BASELINES
 from replay.sources import write_transactions
 
-console = Console(width=150)  # the table is wide; do not squeeze it into 80 columns
+console = Console(width=180)  # the table is wide; do not squeeze it into 80 columns
 TRAIN_START = "2018-07-25"
 COLUMNS = (
     "auc_roc", "average_precision", "card_precision_at_100",
@@ -42,7 +42,7 @@ _HEADERS = {
     "auc_roc": "AUC ROC", "average_precision": "AP", "card_precision_at_100": "CP@100",
     "revealed_ceiling_card_precision_at_100": "ceiling CP@100",
     "oracle_card_precision_at_100": "oracle CP@100", "n_test": "test txns",
-    "n_test_frauds_unrevealed": "unrevealed",
+    "n_test_frauds_unrevealed": "unrevealed frauds",
     "n_test_frauds": "test frauds", "events_per_second": "events/s", "seconds": "seconds",
 }  # fmt: skip
 
@@ -91,14 +91,18 @@ def _print(rows: dict[str, dict[str, Any]], mean: dict[str, float]) -> None:
     for k in COLUMNS:
         table.add_column(_HEADERS.get(k, k), justify="right", no_wrap=True)
 
-    def fmt(v: Any) -> str:
+    def fmt(v: Any, k: str = "") -> str:
         if isinstance(v, float) and math.isnan(v):
             return "-"
+        if k.startswith("n_") or k == "events_per_second":  # counts and rates: whole numbers
+            return f"{v:,.0f}"
+        if k == "seconds":
+            return f"{v:,.1f}"
         return f"{v:,.3f}" if isinstance(v, float) else f"{v:,}"
 
     for name, r in rows.items():
-        table.add_row(name, *(fmt(r[k]) for k in COLUMNS))
-    table.add_row("[bold]mean[/]", *(fmt(mean[k]) for k in COLUMNS))
+        table.add_row(name, *(fmt(r[k], k) for k in COLUMNS))
+    table.add_row("[bold]mean[/]", *(fmt(mean[k], k) for k in COLUMNS))
     ap_rf = HANDBOOK_BASELINES["average_precision"]["random_forest"]
     cp_lr = HANDBOOK_BASELINES["card_precision_at_100"]["logistic_regression"]
     rest = len(COLUMNS) - 3
