@@ -59,6 +59,14 @@ Per batch, :meth:`RedisFeatureStore.update_batch` makes exactly one ``EVALSHA`` 
 transparently after ``NOSCRIPT``, e.g. after a restart or ``SCRIPT FLUSH``); the script is atomic,
 so several workers may write the same keys. It needs ``HEXPIRE`` (Redis >= 7.4, Valkey >= 9) and a
 standalone server (the keys of a batch are not in one cluster slot).
+
+Replays and backtests use :meth:`RedisFeatureStore.submit_batch` / ``submit_labels`` instead: one
+``EVAL`` per batch (the script's text: nothing in flight can meet ``NOSCRIPT``), sent on the store's
+own connection before the previous reply is read, so the server applies batch k+1 while Python
+computes batch k's features. The order of batches and labels is the order of submission; a
+compaction planned from batch k's reply goes out with batch k+2 (the compare-and-set makes that
+safe; sums may differ from one-at-a-time in the last bits, as the summation order of merged
+buckets does).
 """
 
 from __future__ import annotations
