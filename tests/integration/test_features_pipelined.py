@@ -85,3 +85,21 @@ def test_an_error_reply_fails_only_its_call(redis_client: redis.Redis) -> None:
     redis_client.delete("rs:wm:t")
     x = store.update_batch(["a"], ts, np.array([1.0]), {"card_id": ["c"]})
     assert x[0, store.feature_names.index("card_id_count_1h")] == 1
+
+
+def test_a_lost_connection_fails_every_call_in_flight_and_the_store_recovers(
+    redis_client: redis.Redis,
+) -> None:
+    store = RedisFeatureStore(redis_client)
+    count = store.feature_names.index("card_id_count_1h")
+    ts = np.array([T0], dtype=np.int64)
+    redis_client.execute_command("CLIENT", "PAUSE", 2000, "WRITE")  # the scripts wait
+    first = store.submit_batch(["a"], ts, np.array([1.0]), {"card_id": ["c"]})
+    labels = store.submit_labels(["a"], [T0 + 10], [True])
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # the store's connection
+    redis_client.execute_command("CLIENT", "UNPAUSE")
+    for call in (first, labels):  # applied or not: unknown, so the caller retries the batch
+        with pytest.raises(redis.exceptions.ConnectionError):
+            call.result()
+    again = store.update_batch(["a"], ts, np.array([1.0]), {"card_id": ["c"]})
+    assert again[0, count] == 1  # idempotent: the retry counts "a" once either way
