@@ -143,6 +143,7 @@ def run_demo(days: int, live_days: int, seed: int, customers: int, rate: float) 
         t_stream = time.perf_counter()
         produce_mixed(prod, _in_event_time(records[1:], labels, settings), rate)
         produce(prod, settings.topic_transactions, ((None, m) for m in MALFORMED))
+        del prod  # flushed by produce: gone before the broker stops (no librdkafka noise)
         n_expected = len(records)
         values = read_topic(settings.kafka_bootstrap, settings.topic_scores,
                             lambda v: len(v) >= n_expected, timeout=300)  # fmt: skip
