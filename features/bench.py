@@ -47,6 +47,44 @@ def synthetic(n: int, seed: int = 0, per_day: int = 10_000) -> dict[str, object]
     }
 
 
+#: The event fields :func:`synthetic` makes besides ids, times and amounts.
+FIELDS = ("card_id", "customer_id", "merchant_id", "device_id", "ip", "channel")
+
+
+def stream(
+    store: RedisFeatureStore,
+    data: dict[str, object],
+    a: int,
+    b: int,
+    ahead: bool,
+    batch_size: int = 1000,
+) -> int:
+    """Feed events ``a:b`` of ``data`` (:func:`synthetic`) through ``store`` in batches: one at a
+    time (``update_batch``, as a live worker) or with the next batch submitted before the last
+    one is read (``submit_batch``, as replays and backtests). Returns the number of batches."""
+    ids, ts, amount = data["ids"], data["ts"], data["amount"]
+    if not (
+        isinstance(ids, list) and isinstance(ts, np.ndarray) and isinstance(amount, np.ndarray)
+    ):
+        raise TypeError
+    batches = 0
+    waiting: Pending[FloatArray] | None = None
+    for s in range(a, b, batch_size):
+        e = min(s + batch_size, b)
+        ents = {f: data[f][s:e] for f in FIELDS}  # type: ignore[index]
+        if ahead:  # the next batch is on the server while this process reads the last one
+            sent = store.submit_batch(ids[s:e], ts[s:e], amount[s:e], ents)
+            if waiting is not None:
+                waiting.result()
+            waiting = sent
+        else:
+            store.update_batch(ids[s:e], ts[s:e], amount[s:e], ents)
+        batches += 1
+    if waiting is not None:
+        waiting.result()
+    return batches
+
+
 def measure(
     client: redis.Redis,
     n_events: int = 200_000,
@@ -65,31 +103,10 @@ def measure(
     store = RedisFeatureStore(counting, spec)
     store.warm_up()
     data = synthetic(warm_events + n_events)
-    ids, ts, amount = data["ids"], data["ts"], data["amount"]
-    if not (
-        isinstance(ids, list) and isinstance(ts, np.ndarray) and isinstance(amount, np.ndarray)
-    ):
-        raise TypeError
-    fields = ("card_id", "customer_id", "merchant_id", "device_id", "ip", "channel")
-    cols = {f: data[f] for f in fields}
 
     def run(a: int, b: int, ahead: bool) -> tuple[float, int]:
         t0 = time.perf_counter()
-        batches = 0
-        waiting: Pending[FloatArray] | None = None
-        for s in range(a, b, batch_size):
-            e = min(s + batch_size, b)
-            ents = {f: v[s:e] for f, v in cols.items()}  # type: ignore[index]
-            if ahead:  # the next batch is on the server while this process reads the last one
-                sent = store.submit_batch(ids[s:e], ts[s:e], amount[s:e], ents)
-                if waiting is not None:
-                    waiting.result()
-                waiting = sent
-            else:
-                store.update_batch(ids[s:e], ts[s:e], amount[s:e], ents)
-            batches += 1
-        if waiting is not None:
-            waiting.result()
+        batches = stream(store, data, a, b, ahead, batch_size)
         return time.perf_counter() - t0, batches
 
     half = n_events // 2

@@ -15,11 +15,9 @@ from collections.abc import Sequence
 
 import redis
 
-from features.bench import synthetic
+from features.bench import stream, synthetic
 from features.spec import DEFAULT_SPEC, FeatureSpec
-from features.store import Pending, RedisFeatureStore
-
-FIELDS = ("card_id", "customer_id", "merchant_id", "device_id", "ip", "channel")
+from features.store import RedisFeatureStore
 
 
 def _card_plain(f: FeatureSpec) -> bool:
@@ -51,27 +49,10 @@ def profile(
     client.flushdb()
     store = RedisFeatureStore(client, spec)
     store.warm_up()
-    waiting: Pending[object] | None = None
-    t0 = 0.0
-    for s in range(0, warm + timed, batch):
-        if s == warm:
-            if waiting is not None:
-                waiting.result()
-                waiting = None
-            client.config_resetstat()
-            t0 = time.perf_counter()
-        e = s + batch
-        args = (data["ids"][s:e], data["ts"][s:e], data["amount"][s:e])  # type: ignore[index]
-        ents = {f: data[f][s:e] for f in FIELDS}  # type: ignore[index]
-        if ahead:
-            sent = store.submit_batch(*args, ents)
-            if waiting is not None:
-                waiting.result()
-            waiting = sent  # type: ignore[assignment]
-        else:
-            store.update_batch(*args, ents)
-    if waiting is not None:
-        waiting.result()
+    stream(store, data, 0, warm, ahead, batch)
+    client.config_resetstat()
+    t0 = time.perf_counter()
+    stream(store, data, warm, warm + timed, ahead, batch)
     wall = time.perf_counter() - t0
     stats = client.info("commandstats")
     server_us = sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_eval", "cmdstat_evalsha"))
