@@ -355,6 +355,7 @@ class RedisFeatureStore:
         self._pending: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
         self._inflight: deque[_Call] = deque()
         self._conn: Any = None
+        self._script_bulk: dict[str, bytes] = {}  # EVAL's script argument, packed once
 
     # -- spec -> kinds ------------------------------------------------------------------------
 
@@ -862,10 +863,14 @@ class RedisFeatureStore:
         retried out of order) on the store's own connection, without reading the reply."""
         if self._conn is None:
             self._conn = self.client.connection_pool.get_connection()
-        source = script.script if isinstance(script.script, bytes) else script.script.encode()
+        text = self._script_bulk.get(script.sha)
+        if text is None:
+            source = script.script
+            text = _bulk(source if isinstance(source, bytes) else source.encode())
+            self._script_bulk[script.sha] = text
         head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (
             3 + len(keys) + len(args),
-            _bulk(source),
+            text,
             _bulk(str(len(keys)).encode()),
         )
         try:
