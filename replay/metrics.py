@@ -255,15 +255,15 @@ def revealed_frauds(history: pd.DataFrame, delay_ms: int) -> npt.NDArray[np.bool
     term = fraud & (pattern == TERMINAL_PATTERN)
     codes = pd.factorize(history["merchant_id"])[0]
     ts = history["ts"].to_numpy(dtype=np.int64)
-    order = np.lexsort((ts, codes))
+    out: npt.NDArray[np.bool_] = fraud & ~term
+    if not term.any():
+        return out
+    order = np.lexsort((ts, codes))  # by terminal, then time
     m, t, tm = codes[order], ts[order], term[order]
-    n = len(order)
-    new_merchant = np.r_[True, m[1:] != m[:-1]] if n else np.zeros(0, dtype=bool)
-    starts = tm & (new_merchant | ~np.r_[False, tm[:-1]][:n])
-    run_start = t[np.maximum.accumulate(np.where(starts, np.arange(n), 0))] if n else t
-    revealed_term = np.zeros(n, dtype=bool)
-    revealed_term[order] = tm & (run_start <= t - delay_ms)
-    out: npt.NDArray[np.bool_] = (fraud & ~term) | revealed_term
+    new_merchant = np.r_[True, m[1:] != m[:-1]]
+    starts = tm & (new_merchant | ~np.r_[False, tm[:-1]])  # first fraud of each run
+    run_start = t[np.maximum.accumulate(np.where(starts, np.arange(len(t)), 0))]
+    out[order] |= tm & (run_start <= t - delay_ms)
     return out
 
 
