@@ -16,10 +16,11 @@ pytestmark = pytest.mark.integration
 HOUR = 3_600_000
 
 
-def _labelled_run(store: RedisFeatureStore, depth: int) -> tuple[np.ndarray, dict]:
+def _labelled_run(store: RedisFeatureStore, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """The random stream in batches of 100 (about 1.2 h of event time), labels known 2 h after
     each transaction applied before the batch that ends after them (the store counts a label
-    only for transactions at or after its time), ``depth`` batches in flight."""
+    only for transactions at or after its time), ``depth`` batches in flight. Returns the
+    store's features and the offline reference's."""
     ids, ts, amounts, ents = random_stream(2400, seed=21, cards=25, dup_rate=0.02)
     rng = np.random.default_rng(2)
     fraud = rng.random(len(ids)) < 0.2
@@ -44,7 +45,7 @@ def _labelled_run(store: RedisFeatureStore, depth: int) -> tuple[np.ndarray, dic
             parts.append(inflight.pop(0).result())
     parts += [p.result() for p in inflight]
     want = reference_features(ids, ts, amounts, ents, store.spec, labels=labels)
-    return np.vstack(parts), {"want": want}
+    return np.vstack(parts), want
 
 
 SPEC = [
@@ -57,8 +58,8 @@ SPEC = [
 @pytest.mark.parametrize("depth", [1, 3])
 def test_submitted_batches_match_reference(redis_client: redis.Redis, depth: int) -> None:
     store = RedisFeatureStore(redis_client, SPEC)
-    got, ref = _labelled_run(store, depth)
-    assert_features_equal(got, ref["want"], store.feature_names)
+    got, want = _labelled_run(store, depth)
+    assert_features_equal(got, want, store.feature_names)
     assert np.nanmax(got[:, store.feature_names.index("card_id_fraud_count_24h_delay2h")]) > 0
 
 
