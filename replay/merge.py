@@ -34,7 +34,6 @@ position continues exactly after the batch (exact for inputs sorted by ``ts``).
 
 from __future__ import annotations
 
-import gzip
 import heapq
 import re
 from collections.abc import Callable, Iterator
@@ -49,7 +48,7 @@ import orjson
 import pandas as pd
 import pyarrow.parquet as pq
 
-from replay.sources import STR_COLUMNS, PathLike, file_format, normalise
+from replay.sources import PathLike, file_format, normalise, open_in, raw_chunks
 
 EVENT, TRANSACTION, LABEL = "event", "transaction", "label"
 KINDS = (EVENT, TRANSACTION, LABEL)
@@ -251,24 +250,6 @@ def _frame_rows(df: pd.DataFrame, kind: str) -> _Part:
     return _Part(ts, has, list(_records_of(good)), fraud)
 
 
-def _csv_frames(path: Path, batch_size: int) -> Iterator[pd.DataFrame]:
-    header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    text = [c for c in header if c in STR_COLUMNS]
-    options: dict[str, Any] = {
-        "dtype": dict.fromkeys(text, str),
-        "keep_default_na": False,
-        "na_values": {c: [""] for c in header if c not in text},
-        "float_precision": "round_trip",
-    }
-    with pd.read_csv(path, chunksize=batch_size, **options) as reader:
-        for chunk in reader:
-            yield chunk.reset_index(drop=True)
-
-
-def _open_in(path: Path) -> Any:
-    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
-
-
 def _json_rows(lines: list[bytes], kind: str) -> _Part:
     n = len(lines)
     ts = np.zeros(n, dtype=np.int64)
@@ -296,29 +277,11 @@ def _json_rows(lines: list[bytes], kind: str) -> _Part:
 
 
 def _parts(path: Path, kind: str, batch_size: int) -> Iterator[_Part]:
-    fmt = file_format(path)
-    if fmt == "parquet":
-        pf = pq.ParquetFile(path)
-        try:
-            for batch in pf.iter_batches(batch_size=batch_size):
-                yield _frame_rows(batch.to_pandas(), kind)
-        finally:
-            pf.close()
-    elif fmt == "csv":
-        for frame in _csv_frames(path, batch_size):
-            yield _frame_rows(frame, kind)
-    else:
-        with _open_in(path) as f:
-            lines: list[bytes] = []
-            for line in f:
-                if not line.strip():
-                    continue
-                lines.append(line)
-                if len(lines) >= batch_size:
-                    yield _json_rows(lines, kind)
-                    lines = []
-            if lines:
-                yield _json_rows(lines, kind)
+    for chunk in raw_chunks(path, batch_size):
+        if isinstance(chunk, pd.DataFrame):
+            yield _frame_rows(chunk, kind)
+        else:
+            yield _json_rows(chunk, kind)
 
 
 def read_chunks(
@@ -370,7 +333,7 @@ def count_rows(path: PathLike) -> int:
         finally:
             pf.close()
     n = 0
-    with _open_in(p) as f:
+    with open_in(p) as f:
         while block := f.read(1 << 20):
             n += block.count(b"\n")
             last = block

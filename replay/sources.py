@@ -180,7 +180,8 @@ def _json_frame(lines: list[bytes]) -> pd.DataFrame:
     return normalise(pd.DataFrame.from_records(records) if records else pd.DataFrame())
 
 
-def _open_in(path: Path) -> IO[bytes]:
+def open_in(path: Path) -> IO[bytes]:
+    """The file's bytes, gunzipped when it ends in .gz."""
     if path.suffix.lower() == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return path.open("rb")
@@ -194,8 +195,39 @@ def read_transactions(path: PathLike) -> pd.DataFrame:
         return normalise(pq.read_table(p).to_pandas())
     if fmt == "csv":
         return normalise(pd.read_csv(p, **_csv_options(_csv_header(p))))
-    with _open_in(p) as f:
+    with open_in(p) as f:
         return _json_frame(f.read().splitlines())
+
+
+def raw_chunks(path: PathLike, batch_size: int) -> Iterator[pd.DataFrame | list[bytes]]:
+    """The file in chunks of at most ``batch_size`` rows, in file order, without loading it
+    whole: frames as read (Parquet; CSV with text columns kept text, index from 0), or the
+    non-empty lines of JSON lines (left undecoded: callers decide what a bad line means)."""
+    p = Path(path)
+    fmt = file_format(p)
+    if fmt == "parquet":
+        pf = pq.ParquetFile(p)
+        try:
+            for batch in pf.iter_batches(batch_size=batch_size):
+                yield batch.to_pandas()
+        finally:
+            pf.close()
+    elif fmt == "csv":
+        with pd.read_csv(p, chunksize=batch_size, **_csv_options(_csv_header(p))) as reader:
+            for chunk in reader:
+                yield chunk.reset_index(drop=True)
+    else:
+        with open_in(p) as f:
+            lines: list[bytes] = []
+            for line in f:
+                if not line.strip():
+                    continue
+                lines.append(line)
+                if len(lines) >= batch_size:
+                    yield lines
+                    lines = []
+            if lines:
+                yield lines
 
 
 def iter_batches(path: PathLike, batch_size: int = 100_000) -> Iterator[pd.DataFrame]:
@@ -206,28 +238,5 @@ def iter_batches(path: PathLike, batch_size: int = 100_000) -> Iterator[pd.DataF
     if batch_size < 1:
         msg = "batch_size must be >= 1"
         raise ValueError(msg)
-    p = Path(path)
-    fmt = file_format(p)
-    if fmt == "parquet":
-        pf = pq.ParquetFile(p)
-        try:
-            for batch in pf.iter_batches(batch_size=batch_size):
-                yield normalise(batch.to_pandas())
-        finally:
-            pf.close()
-    elif fmt == "csv":
-        with pd.read_csv(p, chunksize=batch_size, **_csv_options(_csv_header(p))) as reader:
-            for chunk in reader:
-                yield normalise(chunk.reset_index(drop=True))
-    else:
-        with _open_in(p) as f:
-            lines: list[bytes] = []
-            for line in f:
-                if not line.strip():
-                    continue
-                lines.append(line)
-                if len(lines) >= batch_size:
-                    yield _json_frame(lines)
-                    lines = []
-            if lines:
-                yield _json_frame(lines)
+    for chunk in raw_chunks(path, batch_size):
+        yield normalise(chunk) if isinstance(chunk, pd.DataFrame) else _json_frame(chunk)
