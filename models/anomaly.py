@@ -30,8 +30,6 @@ contributions) so it can be recorded like a shadow; ``learn_batch(features)`` ta
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import pickle
 from collections.abc import Sequence
@@ -44,7 +42,7 @@ import numpy.typing as npt
 from river import anomaly
 
 from models._atomic import atomic_write_bytes
-from models.errors import FeatureMismatchError
+from models._checks import config_version, feature_matrix, unique_names
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -99,10 +97,7 @@ class AnomalyModel:
         warmup: int = 1000,
         seed: int = 42,
     ) -> None:
-        self._feature_names = [str(n) for n in feature_names]
-        if len(set(self._feature_names)) != len(self._feature_names):
-            msg = "feature_names must be unique"
-            raise ValueError(msg)
+        self._feature_names = unique_names(feature_names)
         if not 0.0 < learn_fraction <= 1.0:
             msg = f"learn_fraction must be in (0, 1], got {learn_fraction}"
             raise ValueError(msg)
@@ -119,8 +114,7 @@ class AnomalyModel:
             "warmup": int(warmup),
             "seed": int(seed),
         }
-        digest = hashlib.sha256(json.dumps(self._config, sort_keys=True).encode()).hexdigest()
-        self._version = f"river-hst-{digest[:12]}"
+        self._version = config_version("river-hst", self._config)
         self._hst: Any = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size, seed=seed
         )
@@ -157,11 +151,7 @@ class AnomalyModel:
 
     # -- transforms ------------------------------------------------------------------------
     def _check(self, features: FloatArray) -> FloatArray:
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self._feature_names):
-            got = x.shape[1] if x.ndim == 2 else -1
-            raise FeatureMismatchError(len(self._feature_names), got, self._version)
-        return x
+        return feature_matrix(features, len(self._feature_names), self._version)
 
     @staticmethod
     def _log(x: FloatArray) -> FloatArray:

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models._atomic import atomic_write_text
-from models.errors import FeatureMismatchError
+from models._checks import feature_matrix
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -85,11 +85,7 @@ class LightGBMScorer:
         return int(self._booster.num_trees())
 
     def _check(self, features: FloatArray) -> FloatArray:
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self._feature_names):
-            got = x.shape[1] if x.ndim == 2 else -1
-            raise FeatureMismatchError(len(self._feature_names), got, self._version)
-        return x
+        return feature_matrix(features, len(self._feature_names), self._version)
 
     def _predict(self, x: FloatArray, **kwargs: Any) -> FloatArray:
         out = self._booster.predict(x, num_threads=self._num_threads, **kwargs)

@@ -22,8 +22,6 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import pickle
 from collections.abc import Sequence
@@ -36,7 +34,7 @@ import pandas as pd
 from river import linear_model, optim, preprocessing
 
 from models._atomic import atomic_write_bytes
-from models.errors import FeatureMismatchError
+from models._checks import config_version, feature_matrix, unique_names
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -53,18 +51,14 @@ class OnlineLogisticModel:
         learning_rate: float = 0.01,
         l2: float = 0.0,
     ) -> None:
-        self._feature_names = [str(n) for n in feature_names]
-        if len(set(self._feature_names)) != len(self._feature_names):
-            msg = "feature_names must be unique"
-            raise ValueError(msg)
+        self._feature_names = unique_names(feature_names)
         self._config: dict[str, Any] = {
             "kind": "river-logreg",
             "feature_names": self._feature_names,
             "learning_rate": float(learning_rate),
             "l2": float(l2),
         }
-        digest = hashlib.sha256(json.dumps(self._config, sort_keys=True).encode()).hexdigest()
-        self._version = f"river-logreg-{digest[:12]}"
+        self._version = config_version("river-logreg", self._config)
         self._pipeline: Any = preprocessing.StandardScaler() | linear_model.LogisticRegression(
             optimizer=optim.SGD(learning_rate), l2=l2
         )
@@ -93,11 +87,7 @@ class OnlineLogisticModel:
 
     # -- scoring and learning ----------------------------------------------------------------
     def _check(self, features: FloatArray) -> FloatArray:
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self._feature_names):
-            got = x.shape[1] if x.ndim == 2 else -1
-            raise FeatureMismatchError(len(self._feature_names), got, self._version)
-        return x
+        return feature_matrix(features, len(self._feature_names), self._version)
 
     def _row(self, row: FloatArray) -> dict[str, float]:
         return {

@@ -14,6 +14,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+from models._checks import unique_names
 from models.evaluation import binary_metrics, card_precision_at_k
 from models.lgbm import LightGBMScorer
 
@@ -92,10 +93,7 @@ def train_lightgbm(
     exactly ``num_boost_round`` trees are built. Without a validation set the metrics are on the
     training data and prefixed ``train_`` so they are never mistaken for validation metrics.
     """
-    names = [str(n) for n in feature_names]
-    if len(set(names)) != len(names):
-        msg = "feature_names must be unique"
-        raise ValueError(msg)
+    names = unique_names(feature_names)
     xt, yt = _as_xy(X_train, y_train, len(names), "train")
     n_pos = int(yt.sum())
     if n_pos == 0 or n_pos == len(yt):
