@@ -116,21 +116,14 @@ def measure(
     one_secs, one_batches = run(warm_events, warm_events + half, ahead=False)
     secs, batches = run(warm_events + half, warm_events + n_events, ahead=True)
     trips = (_CountingRedis.calls + store.round_trips - trips0) / max(batches + one_batches, 1)
-    mem = {}
-    for name, prefix in (("card", "t:card_id"), ("merchant", "t:merchant_id")):
-        total = 0
-        n_vals = 0
-        for ident, key in store.kind_keys().items():
-            if (
-                ident == prefix
-                or ident.startswith(prefix + ":")
-                or ident == "l:merchant_id"
-                and name == "merchant"
-            ):
-                total += int(counting.memory_usage(key, samples=0) or 0)
-                if ident == prefix:
-                    n_vals = int(counting.hlen(key))
-        mem[name] = total / max(n_vals, 1)
+    usage = store.memory_usage()
+    cards = max(usage.get("t:card_id", (0, 0))[1], 1)
+    merchants = max(usage.get("t:merchant_id", (0, 0))[1], 1)
+    mem = {
+        "card": sum(b for i, (b, _) in usage.items() if i.split(":")[1] == "card_id") / cards,
+        "merchant": sum(b for i, (b, _) in usage.items() if i.split(":")[1] == "merchant_id")
+        / merchants,
+    }
     return {
         "features_events_per_second": (n_events - half) / secs,
         "features_events_per_second_one_at_a_time": half / one_secs,
@@ -178,11 +171,10 @@ def handbook_memory(
         store.update_batch(ids[a:b], ts[a:b], amt[a:b], {k: v[a:b] for k, v in cols.items()})
     secs = time.perf_counter() - t0
     out: dict[str, float] = {"events": float(n), "seconds": secs, "events_per_second": n / secs}
-    per_kind: dict[str, tuple[int, int]] = {}
-    for ident, key in store.kind_keys().items():
-        per_kind[ident] = (int(client.memory_usage(key, samples=0) or 0), int(client.hlen(key)))
-        out[f"bytes:{ident}"] = float(per_kind[ident][0])
-        out[f"fields:{ident}"] = float(per_kind[ident][1])
+    per_kind = store.memory_usage()
+    for ident, (nbytes, nvalues) in per_kind.items():
+        out[f"bytes:{ident}"] = float(nbytes)
+        out[f"fields:{ident}"] = float(nvalues)
     card = [v for i, v in per_kind.items() if i == "t:card_id" or i.startswith("t:card_id:")]
     merchant = [v for i, v in per_kind.items() if i in ("t:merchant_id", "l:merchant_id")]
     cards = max(per_kind.get("t:card_id", (0, 0))[1], 1)

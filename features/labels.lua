@@ -4,8 +4,9 @@
 --                      after which the hash may be deleted; see update.lua)
 -- KEYS[2..1+nl]        label-seen hashes, one per label day present (field = event id)
 -- KEYS[nl+2..nl+ne+1]  transaction seen hashes of the days a labelled transaction may be in
--- KEYS[nl+ne+2..]      label kind hashes (field = entity value, value = header + records)
--- ARGV[1..6]           n, nl, ne, nk, seen TTL s, "kind TTL s  generation of a new field (random)"
+-- KEYS[nl+ne+2..]      label kind hashes (field = entity value, value = its epoch)
+-- ARGV[1..6]           n, nl, ne, nk, seen TTL s, "kind TTL s, epoch of a new value
+--                      (random), the kinds' data key prefixes" (records: see update.lua)
 -- ARGV[7]              per label day: "a b" ranges of label numbers (labels ordered by day)
 -- ARGV[8]              the label days (day numbers, space separated)
 -- ARGV[9..8+n]         event ids;  ARGV[9+n..8+2n] label times (ms, text); ARGV[9+2n..8+3n] '1'/'0'
@@ -19,7 +20,9 @@ local n, nl, ne, nk = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), t
 local seen_ttl = ARGV[5]
 local kt = string.gmatch(ARGV[6], '%S+')
 local kind_ttl = kt()
-local NEWH = struct.pack('<d', tonumber(kt()))
+local RND = kt()
+local dpres = {}
+for x in kt do dpres[#dpres + 1] = x end
 local ids = {}
 for i = 1, n do ids[i] = ARGV[8 + i] end
 local found = {}
@@ -75,12 +78,20 @@ for c = 1, nk do
   for v, _ in pairs(add[c]) do fs[#fs + 1] = v end
   if #fs > 0 then
     local cur = redis.call('HMGET', key, unpack(fs))
-    local hs = {}
+    local hs, m = {}, 0
     for j = 1, #fs do
-      hs[2 * j - 1] = fs[j]
-      hs[2 * j] = (cur[j] or NEWH) .. add[c][fs[j]]
+      local dk = dpres[c] .. fs[j]
+      if cur[j] then
+        redis.call('APPEND', dk, add[c][fs[j]])
+        redis.call('EXPIRE', dk, kind_ttl)
+      else
+        redis.call('SET', dk, add[c][fs[j]], 'EX', kind_ttl)
+        hs[m + 1] = fs[j]
+        hs[m + 2] = RND
+        m = m + 2
+      end
     end
-    redis.call('HSET', key, unpack(hs))
+    if m > 0 then redis.call('HSET', key, unpack(hs)) end
     redis.call('HEXPIRE', key, kind_ttl, 'FIELDS', #fs, unpack(fs))
   end
 end

@@ -71,9 +71,10 @@ buckets does).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
-import struct
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,8 +85,10 @@ import numpy as np
 import pandas as pd
 import redis
 
+from features import cache as kcache
 from features import kernels
 from features._types import BoolArray, FloatArray, IntArray
+from features.cache import KindCache, Slots
 from features.kernels import AGG_CODES
 from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all, validate_spec
 
@@ -95,9 +98,8 @@ DEFAULT_MAX_SKEW_SECONDS = 86400
 #: The partition key of each source's topic: lateness is judged per value of this field.
 SCOPE_FIELD = {"transactions": "card_id", "events": "customer_id"}
 HASH_MASK = (1 << 52) - 1
-_H0 = b"\0" * 8
 #: Fewest records a compaction must remove to be written back.
-COMPACT_MIN = 4
+COMPACT_MIN = 16
 _COLS = ("t", "c", "s", "q", "mn", "mx", "h")
 T = TypeVar("T")
 
@@ -132,10 +134,15 @@ class _Kind:
     keep_ms: int = 0
     tier_age: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     tier_res: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    data_prefix: str = ""  # + entity value = the key of a value's records
 
     @property
     def width(self) -> int:
         return len(self.columns)
+
+    @property
+    def cols(self) -> IntArray:
+        return np.array(self.columns, dtype=np.int64)
 
 
 @dataclass
@@ -150,11 +157,12 @@ class _Prepared:
     ts: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     amt: FloatArray = field(default_factory=lambda: np.zeros(0))
     kinds: list[_Kind] = field(default_factory=list)
-    groups: dict[str, tuple[int, IntArray, list[str]]] = field(default_factory=dict)
+    groups: dict[str, tuple[int, IntArray, list[str], IntArray]] = field(default_factory=dict)
     members: dict[str, BoolArray] = field(default_factory=dict)
     hashes: dict[str, FloatArray] = field(default_factory=dict)
     rec7: FloatArray = field(default_factory=lambda: np.zeros((0, 7)))
     scode: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    batch: int = 0
 
 
 def _kind_id(source: str, entity: str, flt: Filter | None, distinct: str | None) -> str:
@@ -246,10 +254,10 @@ class Pending(Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
-def _new_header() -> bytes:
-    """Header (generation) of a new field: random, so that a compaction planned for a value that
-    was deleted (idle) and created again never matches it."""
-    return struct.pack("<d", float((1 << 51) + secrets.randbits(50)))
+def _new_epoch() -> str:
+    """Epoch of a value created by a call: random, so that a copy of a value that was deleted
+    (idle, expired, flushed) and created again never passes for current."""
+    return str((1 << 50) + secrets.randbits(49))
 
 
 def _as_bytes(x: bytes | str) -> bytes:
@@ -310,8 +318,13 @@ class RedisFeatureStore:
         prefix: str = "rs:",
         *,
         max_skew_seconds: int | None = None,
+        cache_max_records: int = 8_000_000,
+        cache_max_values: int = 2_000_000,
     ) -> None:
         self.spec = validate_spec(spec)
+        if not prefix or any(c.isspace() for c in prefix):
+            msg = f"prefix {prefix!r} must be non-empty and without whitespace"
+            raise ValueError(msg)
         if allowed_lateness_seconds < 0:
             msg = "allowed_lateness_seconds must be >= 0"
             raise ValueError(msg)
@@ -352,7 +365,11 @@ class RedisFeatureStore:
         self._build_kinds()
         self._update = client.register_script(_script_source("update.lua"))
         self._labels = client.register_script(_script_source("labels.lua"))
-        self._pending: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
+        # compactions planned, by kind key: value -> (slot, bytes planned over, new records)
+        self._pending: dict[str, dict[str, tuple[int, int, bytes]]] = {}
+        self._slots = {k.entity: Slots(cache_max_values) for k in self._kinds.values()}
+        self._caches = {k.key: KindCache(k.width, cache_max_records) for k in self._kinds.values()}
+        self._batches = 0
         self._inflight: deque[_Call] = deque()
         self._conn: Any = None
         self._script_bulk: dict[str, bytes] = {}  # EVAL's script argument, packed once
@@ -414,6 +431,8 @@ class RedisFeatureStore:
             if kind.source == "labels":
                 cols = [0, 6]
             kind.columns = tuple(cols)
+            digest = hashlib.sha1(kind.key.encode(), usedforsecurity=False).hexdigest()[:12]
+            kind.data_prefix = f"{self.prefix}r:{digest}:"
             reach = max(kf.reach_ms for kf in kind.features)
             kind.keep_ms = reach + kind.allowance_ms
             kind.ttl_seconds = math.ceil(kind.keep_ms / 1000) + 60
@@ -463,9 +482,25 @@ class RedisFeatureStore:
         """Redis hash of each kind, by kind id."""
         return {ident: k.key for ident, k in self._kinds.items()}
 
+    def memory_usage(self) -> dict[str, tuple[int, int]]:
+        """Per kind id: bytes the server holds for it (``MEMORY USAGE`` of every key of the kind)
+        and the number of entity values it holds."""
+        out: dict[str, tuple[int, int]] = {}
+        for ident, k in self._kinds.items():
+            keys = [k.key, *self.client.scan_iter(match=k.data_prefix + "*", count=1000)]
+            total = 0
+            for a in range(0, len(keys), 1000):
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys[a : a + 1000]:
+                    pipe.memory_usage(key, samples=0)
+                total += sum(int(b or 0) for b in pipe.execute())
+            out[ident] = (total, int(self.client.hlen(k.key)))
+        return out
+
     def warm_up(self) -> None:
         """Compile the kernels now so that the first batch does not pay for it."""
         kernels.warm_up()
+        kcache.warm_up()
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -612,7 +647,7 @@ class RedisFeatureStore:
             self.max_skew_seconds * 1000,
             self._retain_ms[source],
             len(sindex),
-            _new_header(),
+            _new_epoch(),
             evbin.tobytes(),
             np.where(first, ord("1"), ord("0")).astype(np.uint8).tobytes(),
             " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
@@ -622,7 +657,9 @@ class RedisFeatureStore:
         args += sorted_ids
         args += seen_vals
         # entity groups
-        groups: dict[str, tuple[int, IntArray, list[str]]] = {}
+        self._batches += 1
+        batch = self._batches
+        groups: dict[str, tuple[int, IntArray, list[str], IntArray]] = {}
         for k in kinds:
             if k.entity in groups:
                 continue
@@ -632,12 +669,18 @@ class RedisFeatureStore:
             code = np.fromiter(
                 (setdefault(v, len(index)) if v else -1 for v in vals), np.int64, count=n
             )
-            groups[k.entity] = (len(groups) + 1, code, list(index))
+            values = list(index)
+            slots, forgotten = self._slots[k.entity].of(values, batch)
+            if forgotten.size:
+                for other in self._kinds.values():
+                    if other.entity == k.entity:
+                        self._caches[other.key].forget(forgotten)
+            groups[k.entity] = (len(groups) + 1, code, values, slots)
         keys += [f"{self.prefix}idx:{src}:{ent}" for ent in groups]
         kpos = {k.key: len(keys) + 1 + j for j, k in enumerate(kinds)}  # 1-based KEYS position
         args.append(len(groups))
         new_ts = np.where(first, ts.astype(np.float64), -1e300)
-        for ent, (_g, code, values) in groups.items():
+        for ent, (_g, code, values, slots) in groups.items():
             args.append(len(values))
             args += values
             # event-time expiry of idle values: the kinds of this entity written by this source
@@ -651,10 +694,21 @@ class RedisFeatureStore:
             ]
             if swept:
                 reach = max(kf.reach_ms for k in swept for kf in k.features)
-                args.append(" ".join([str(reach), *(str(kpos[k.key]) for k in swept)]))
+                # a value's newest time is sent when it moved by at least `slack` since last
+                # sent: the index lags by less than that, and the script sweeps `slack` later
+                slack = max(reach // 4, DAY_MS)
+                args.append(
+                    " ".join(
+                        [str(reach + slack), *(f"{kpos[k.key]} {k.data_prefix}" for k in swept)]
+                    )
+                )
                 newest = np.full(len(values), -1e300)
                 known = code >= 0
                 np.maximum.at(newest, code[known], new_ts[known])
+                marks = self._slots[ent].index_marks(src)
+                moved = newest >= marks[slots] + slack
+                marks[slots[moved]] = newest[moved]
+                newest[~moved] = -1e300
                 args.append(newest.astype("<f8").tobytes())
             else:
                 args += ["0", b""]
@@ -668,12 +722,29 @@ class RedisFeatureStore:
         rec7[:, 5] = amt
         members: dict[str, BoolArray] = {}
         hashes: dict[str, FloatArray] = {}
+        now_s = time.time()
         for k in kinds:
-            g, code, values = groups[k.entity]
+            g, code, values, slots = groups[k.entity]
+            cache = self._caches[k.key]
+            cache.ensure(len(self._slots[k.entity].values))
             keys.append(k.key)
             write = k.source == source
-            pend = self._pending.pop(k.key, {})
-            args.append(f"{g} {int(write)} {k.width} {k.ttl_seconds} {len(pend)}")
+            comps = self._compactions(k, cache)
+            # the epoch and length each value should have now (epoch 0: unknown, the server sends
+            # it whole); its TTLs are renewed when this process last did so an eighth of the TTL
+            # ago
+            expected = np.empty((len(values), 2), dtype="<f8")
+            expected[:, 0] = cache.epoch[slots]
+            expected[:, 1] = cache.plen[slots]
+            renew = cache.ttl_at[slots] < now_s - k.ttl_seconds / 8
+            cache.ttl_at[slots[renew]] = now_s
+            cache.last_batch[slots] = batch
+            args += [
+                f"{g} {int(write)} {k.width} {k.ttl_seconds} {len(comps)}",
+                k.data_prefix,
+                expected.tobytes(),
+                np.where(renew, ord("1"), ord("0")).astype(np.uint8).tobytes(),
+            ]
             if write:
                 m = (code >= 0) & first & filter_mask(k.filter, columns, n)
                 if k.distinct is not None:
@@ -700,11 +771,38 @@ class RedisFeatureStore:
                     counts.astype(">u2").tobytes(),
                     pos.tobytes(),
                 ]
-            for fld, (hdr, length, value) in pend.items():
-                args += [fld, hdr, length, value]
+                cache.plen[slots] += counts * (8 * k.width)
+            for comp in comps:
+                args += comp
         return _Prepared(
-            source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, scode
+            source,
+            n,
+            out,
+            keys,
+            args,
+            ts,
+            amt,
+            kinds,
+            groups,
+            members,
+            hashes,
+            rec7,
+            scode,
+            batch,
         )
+
+    def _compactions(self, k: _Kind, cache: KindCache) -> list[list[Any]]:
+        """The kind's planned compactions, with the epoch and length each expects (as this
+        process predicts them before the batch: its own appends since the plan included); the
+        values are then unknown until a reply says what they became."""
+        out: list[list[Any]] = []
+        index = self._slots[k.entity].index
+        for value, (slot, length, body) in self._pending.pop(k.key, {}).items():
+            if index.get(value) != slot or cache.epoch[slot] <= 0:
+                continue
+            out.append([value, f"{cache.epoch[slot]:.0f}", length, int(cache.plen[slot]), body])
+            cache.epoch[slot] = 0.0
+        return out
 
     def _finish(self, prep: _Prepared, reply: Any) -> FloatArray:
         """Read the script's reply: flags, watermarks, records -> features; plan compactions."""
@@ -725,18 +823,17 @@ class RedisFeatureStore:
         scope_wm = np.array(_as_bytes(reply[2]).split(), dtype=np.int64)
         work = np.empty((n, self._n_work), dtype=np.float64) if is_tx else None
         for j, k in enumerate(kinds):
-            _g, code, values = groups[k.entity]
-            data = np.frombuffer(_as_bytes(reply[3 + 2 * j]), dtype=np.uint8)
-            lens_raw = _as_bytes(reply[4 + 2 * j])
-            lens = np.array(lens_raw.split(), dtype=np.int64) if values else np.zeros(0, np.int64)
-            pre_off, pre7, headers = self._decode(k, data, lens)
+            _g, code, values, slots = groups[k.entity]
+            cache = self._caches[k.key]
+            cols = k.cols
+            pre_off, pre7, full = self._read_kind(k, cache, slots, reply[3 + 4 * j :], prep.batch)
             cnt = (counted & members[k.key]) if k.key in members else np.zeros(n, dtype=bool)
+            batch7 = rec7
+            if k.key in hashes:
+                batch7 = rec7.copy()
+                batch7[:, 6] = hashes[k.key]
             if work is not None and k.features:
                 feats = k.features
-                batch7 = rec7
-                if k.key in hashes:
-                    batch7 = rec7.copy()
-                    batch7[:, 6] = hashes[k.key]
                 kernels.compute_kind(
                     code,
                     cnt.astype(np.int64),
@@ -752,9 +849,22 @@ class RedisFeatureStore:
                     np.array([f.col for f in feats], dtype=np.int64),
                     work,
                 )
+            if not values:
+                continue
+            written = k.source == source
+            if written:
+                post_off, post7 = kcache.merge_post(
+                    pre_off, pre7, code, cnt.astype(np.int64), batch7
+                )
+            else:
+                post_off, post7 = pre_off, pre7
+            if written or full.any():
+                cache.store(slots, post_off, post7, cols, prep.batch)
+                mine = slots[cache.last_batch[slots] == prep.batch]
+                cache.plen[mine] = cache.cnt[mine] * (8 * k.width)
             # compact what this batch writes (and, with transactions, the label kinds); kinds of
             # the other source are compacted by that source's batches (their own clocks)
-            if values and (k.source == source or k.source == "labels"):
+            if written or k.source == "labels":
                 if k.scoped:  # relative to the watermark of each value's scope (its card)
                     vscope = np.zeros(len(values), dtype=np.int64)
                     has = np.flatnonzero(code >= 0)
@@ -762,19 +872,7 @@ class RedisFeatureStore:
                     now = scope_wm[vscope]
                 else:
                     now = np.full(len(values), wm_now, dtype=np.int64)
-                self._plan_compaction(
-                    k,
-                    code,
-                    cnt,
-                    rec7,
-                    hashes.get(k.key),
-                    values,
-                    pre_off,
-                    pre7,
-                    headers,
-                    lens,
-                    now,
-                )
+                self._plan_compaction(k, cache, values, slots, post_off, post7, now)
         if work is None:
             return out
         out[:] = work[:, : self._n_out]
@@ -785,54 +883,57 @@ class RedisFeatureStore:
             out[np.isnan(c), col] = np.nan
         return out
 
-    def _decode(self, k: _Kind, data: Any, lens: IntArray) -> tuple[IntArray, FloatArray, Any]:
-        w = 8 * k.width
-        nrec = np.where(lens > 0, (lens - 8) // w, 0)
-        off = np.zeros(len(lens) + 1, dtype=np.int64)
-        np.cumsum(nrec, out=off[1:])
-        starts = np.cumsum(lens) - lens
-        has = lens > 0
-        hidx = (starts[has][:, None] + np.arange(8)).ravel()
-        mask = np.ones(data.shape[0], dtype=bool)
-        mask[hidx] = False
-        body = data[mask].view("<f8").reshape(-1, k.width)
-        pre7 = np.zeros((body.shape[0], 7))
-        pre7[:, list(k.columns)] = body
-        headers = np.zeros((len(lens), 8), dtype=np.uint8)
-        headers[has] = data[hidx].reshape(-1, 8)
-        return off, pre7, headers
+    @staticmethod
+    def _read_kind(
+        k: _Kind, cache: KindCache, slots: IntArray, part: Sequence[Any], batch: int
+    ) -> tuple[IntArray, FloatArray, BoolArray]:
+        """Pre-batch records of the kind's values (7 columns), from the cache or, for the values
+        the server sent whole, from the reply; which were sent whole."""
+        full = np.frombuffer(_as_bytes(part[0]), dtype=np.uint8) == ord("0")
+        if full.shape[0] != slots.shape[0]:
+            msg = f"feature script returned {full.shape[0]} states for {slots.shape[0]} values"
+            raise RuntimeError(msg)
+        lens = np.array(_as_bytes(part[2]).split(), dtype=np.int64)
+        full_rec = np.zeros((0, 7))
+        if lens.size:
+            body = np.frombuffer(_as_bytes(part[1]), dtype="<f8").reshape(-1, k.width)
+            full_rec = np.zeros((body.shape[0], 7))
+            full_rec[:, list(k.columns)] = body
+            # epochs now; a later batch in flight that sent a value predicted from this one's
+            # (wrongly if this one was stale: its own reply corrects it)
+            sl = slots[full]
+            epochs = np.array(_as_bytes(part[3]).split(), dtype=np.float64)
+            mine = cache.last_batch[sl] == batch
+            cache.epoch[sl[mine]] = epochs[mine]
+        full_off = np.zeros(lens.size + 1, dtype=np.int64)
+        np.cumsum(lens // (8 * k.width), out=full_off[1:])
+        pre_off, pre7 = cache.gather(slots, full.astype(np.int64), full_off, full_rec, k.cols)
+        return pre_off, pre7, full
 
     def _plan_compaction(
         self,
         k: _Kind,
-        code: IntArray,
-        cnt: BoolArray,
-        rec7: FloatArray,
-        hashes: FloatArray | None,
+        cache: KindCache,
         values: list[str],
-        pre_off: IntArray,
-        pre7: FloatArray,
-        headers: Any,
-        lens: IntArray,
+        slots: IntArray,
+        post_off: IntArray,
+        post: FloatArray,
         now: IntArray,
     ) -> None:
-        """Merge/drop the records of the batch's values; written by the next call (CAS)."""
-        kk = len(values)
-        idx = np.flatnonzero(cnt)
-        new = rec7[idx]
-        if hashes is not None:
-            new = new.copy()
-            new[:, 6] = hashes[idx]
-        owner = np.concatenate([np.repeat(np.arange(kk), np.diff(pre_off)), code[idx]])
-        allrec = np.vstack([pre7, new])
-        order = np.argsort(owner, kind="stable")
-        post = np.ascontiguousarray(allrec[order])
-        post_off = np.zeros(kk + 1, dtype=np.int64)
-        np.cumsum(np.bincount(owner, minlength=kk), out=post_off[1:])
+        """Merge/drop the records of values that at least doubled since their last plan; the
+        result is written by a later call (compare-and-set on epoch and length)."""
+        before = np.diff(post_off)
+        cand = np.flatnonzero(before >= np.maximum(2 * COMPACT_MIN, 2 * cache.base[slots]))
+        if cand.size == 0:
+            return
+        nb = before[cand]
+        sub_off = np.zeros(cand.size + 1, dtype=np.int64)
+        np.cumsum(nb, out=sub_off[1:])
+        rows = np.repeat(post_off[cand] - sub_off[:-1], nb) + np.arange(int(sub_off[-1]))
         new_off, comp = kernels.compact_values(
-            post_off,
-            post,
-            now,
+            sub_off,
+            np.ascontiguousarray(post[rows]),
+            np.ascontiguousarray(now[cand]),
             k.allowance_ms,
             k.keep_ms,
             k.tier_age,
@@ -840,23 +941,20 @@ class RedisFeatureStore:
             k.distinct is not None,
             k.source != "labels",
         )
-        before = np.diff(post_off)
         after = np.diff(new_off)
+        cache.base[slots[cand]] = after
         # rewrite a value only when it at least halves (amortised: appends stay the common case;
-        # the field TTL bounds what an idle value keeps)
-        changed = np.flatnonzero(before - after >= np.maximum(COMPACT_MIN, before // 2))
+        # the TTLs bound what an idle value keeps)
+        changed = np.flatnonzero(nb - after >= np.maximum(COMPACT_MIN, nb // 2))
         if changed.size == 0:
             return
-        pend: dict[str, tuple[bytes, int, bytes]] = {}
+        pend = self._pending.setdefault(k.key, {})
         cols = list(k.columns)
         w = 8 * k.width
-        for j in changed.tolist():
-            hdr = headers[j].tobytes() if lens[j] > 0 else _H0
-            gen = struct.unpack("<d", hdr)[0]
-            length = 8 + int(before[j]) * w
-            body = np.ascontiguousarray(comp[new_off[j] : new_off[j + 1]][:, cols], dtype="<f8")
-            pend[values[j]] = (hdr, length, struct.pack("<d", gen + 1.0) + body.tobytes())
-        self._pending[k.key] = pend
+        for c in changed.tolist():
+            j = int(cand[c])
+            body = np.ascontiguousarray(comp[new_off[c] : new_off[c + 1]][:, cols], dtype="<f8")
+            pend[values[j]] = (int(slots[j]), int(nb[c]) * w, body.tobytes())
 
     def _send(self, script: Any, keys: list[str], args: list[Any]) -> _Call:
         """Send EVAL (the script's text, so that no call in flight can meet NOSCRIPT and be
@@ -892,15 +990,23 @@ class RedisFeatureStore:
                 first.reply = self._conn.read_response()
             except redis.exceptions.ResponseError as exc:  # an error reply: the stream is intact
                 first.error = exc
+                self._forget_marks()
             except BaseException as exc:
                 first.error = exc
                 first.done = True
+                self._forget_marks()
                 self._drop_connection(exc)
                 raise
             first.done = True
         if not self._inflight and self._conn is not None:
             self.client.connection_pool.release(self._conn)
             self._conn = None
+
+    def _forget_marks(self) -> None:
+        """After a failed call (applied or not: unknown) send every value's newest time to the
+        idle index again: a retried batch must not rely on marks its first try set."""
+        for slots in self._slots.values():
+            slots.indexed.clear()
 
     def _drop_connection(self, exc: BaseException) -> None:
         for c in self._inflight:
@@ -939,6 +1045,7 @@ class RedisFeatureStore:
                         raise
             except BaseException:
                 conn.disconnect()  # type: ignore[no-untyped-call]
+                self._forget_marks()
                 raise
             finally:
                 self.client.connection_pool.release(conn)
@@ -1017,8 +1124,13 @@ class RedisFeatureStore:
             hi - lo + 1,
             len(self._label_kinds),
             self.seen_ttl_seconds,
-            f"{max(k.ttl_seconds for k in self._label_kinds)} "
-            f"{struct.unpack('<d', _new_header())[0]:.0f}",
+            " ".join(
+                [
+                    str(max(k.ttl_seconds for k in self._label_kinds)),
+                    _new_epoch(),
+                    *(k.data_prefix for k in self._label_kinds),
+                ]
+            ),
             " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
             " ".join(str(int(d)) for d in ldays.tolist()),
         ]

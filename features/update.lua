@@ -1,11 +1,17 @@
--- riskstream feature store: apply one micro-batch atomically; return the pre-batch records.
+-- riskstream feature store: apply one micro-batch atomically; return what the caller lacks.
 --
--- Layout: one hash per kind (entity [+ filter] [+ distinct field]); field = entity value; value =
--- 8-byte header (generation, for compare-and-set compaction) + fixed-width float64 records, appended
--- in arrival order. Field TTLs (HEXPIRE) are a wall-clock backstop. Idempotency and the label
--- look-up share one hash per event-time day: field = event id, value = what labels need of the
--- event; the day hashes are indexed in a sorted set (score = end of the day, ms) and deleted once
--- the watermark has passed them by more than the retention (event time).
+-- Layout: per kind (entity [+ filter] [+ distinct field]) and entity value, one string key
+-- (data prefix .. value) of fixed-width float64 records, appended in arrival order (APPEND: the
+-- script never copies a value it only extends), and the value's version in the kind's hash
+-- (field = entity value). Every write of a value bumps its version; a new value starts at a random
+-- one. The caller sends the version it expects per value: when it is current the caller's copy of
+-- the records is exact and nothing is returned for that value, otherwise the whole pre-batch value
+-- is. Invariant: a value's version lives at least as long as its records (both get TTLs together;
+-- the version's is renewed on every write), so no version means no records. TTLs are a wall-clock
+-- backstop. Idempotency and the label look-up share one hash per event-time day: field = event
+-- id, value = what labels need of the event; the day hashes are indexed in a sorted set (score =
+-- end of the day, ms) and deleted once the watermark has passed them by more than the retention
+-- (event time).
 --
 -- Lateness is judged per scope (the partition key: card for transactions, customer for account
 -- events) and against the global watermark with a skew allowance: an event is too late when
@@ -16,9 +22,9 @@
 -- KEYS[3]             index of the seen day hashes (sorted set)
 -- KEYS[4..3+nd]       seen hashes, one per event day present in the batch
 -- KEYS[4+nd..3+nd+ng] per entity group: index of its values by newest event time (sorted set)
--- KEYS[4+nd+ng..]     kind hashes, in kind order
+-- KEYS[4+nd+ng..]     kind hashes (versions), in kind order
 -- ARGV[1..9]          n, nu (distinct ids), nd, lateness ms, seen TTL s, skew ms, retention ms,
---                     ns (distinct scope values), header of a new field (8 bytes, random)
+--                     ns (distinct scope values), first version of a new value (random)
 -- ARGV[10]            per event, little-endian float64 triples: ts, unique id number (1..nu),
 --                     scope number (1..ns)
 -- ARGV[11]            per event '1' = first occurrence of its id in the batch, else '0'
@@ -26,21 +32,23 @@
 -- ARGV[13]            the days (event-time day numbers, space separated)
 -- ARGV[14..13+ns]     scope values
 -- then nu unique ids, then their nu seen values
--- then ng, and per entity group: K, K values, "reach ms, KEYS positions of the kinds its index
---   covers", per value float64 newest event time in the batch (< -1e299: none).
+-- then ng, and per entity group: K, K values, "reach ms, then per kind its index covers: KEYS
+--   position and data prefix", per value float64 newest event time in the batch (< -1e299: none).
 --   Every event of this batch or a later one that may still be counted (or is a redelivery) has
 --   t >= oldest = min(watermark after the batch - skew, earliest such event of this batch), not
 --   below the watermark before the batch - skew. A value whose newest event time is more than
 --   "reach ms" (the longest reach of those kinds) behind that can no longer be in any window of
---   such an event: its fields are deleted from those kinds (event-time expiry of idle entities;
+--   such an event: its records and versions are deleted (event-time expiry of idle entities;
 --   at most 500 per group and batch). Not "behind the watermark after the batch": a batch may
 --   span more event time than the skew, and its early events need the values' records.
--- then per kind: "group write width ttl ncomp", [records, counts (u16 BE per value), positions
---   (float64 per event: record number within the kind, 0 = none)] if write, then ncomp x
---   (field, old header, length, new value)
+-- then per kind: "group write width ttl ncomp", data key prefix, per value the expected version
+--   (float64, 0 = none), per value '1' = renew its TTLs, [records, counts (u16 BE per value),
+--   positions (float64 per event: record number within the kind, 0 = none)] if write, then
+--   ncomp x (field, expected version, length, new value): compare-and-set compactions.
 -- Reply: { flags (per event: '0' already seen, '1' counted, '2' too late: seen, not stored),
 --          global watermark before the batch, scope watermarks after the batch (space separated),
---          per kind: records of the batch's values, their lengths }
+--          per kind: per value '1' the caller's copy is current / '0' returned here, the returned
+--          values' records (pre-batch), their lengths and versions after the batch }
 
 local CHUNK = 100
 local FMT = '<' .. string.rep('d', CHUNK)
@@ -71,7 +79,7 @@ local seen_ttl = ARGV[5]
 local skew_ms = tonumber(ARGV[6])
 local retain_ms = tonumber(ARGV[7])
 local ns = tonumber(ARGV[8])
-local NEWH = ARGV[9]
+local RND = ARGV[9]
 local ev = doubles(ARGV[10])
 local first = ARGV[11]
 local SV = 13            -- scope values: ARGV[SV + s]
@@ -193,8 +201,11 @@ for g = 1, ng do
   gsize[g] = k
   local meta = string.gmatch(ARGV[p + 1 + k], '%S+')
   local reach = tonumber(meta() or '0')
-  local ikeys = {}
-  for x in meta do ikeys[#ikeys + 1] = KEYS[tonumber(x)] end
+  local ikeys, ipre = {}, {}
+  for x in meta do
+    ikeys[#ikeys + 1] = KEYS[tonumber(x)]
+    ipre[#ipre + 1] = meta()
+  end
   if #ikeys > 0 then
     local idx = KEYS[KG + g]
     local newest = doubles(ARGV[p + 2 + k])
@@ -211,7 +222,12 @@ for g = 1, ng do
       local old = redis.call('ZRANGEBYSCORE', idx, '-inf', string.format('%d', oldest - reach),
         'LIMIT', 0, 500)
       if #old > 0 then
-        for _, key in ipairs(ikeys) do redis.call('HDEL', key, unpack(old)) end
+        for x, key in ipairs(ikeys) do
+          redis.call('HDEL', key, unpack(old))
+          local dks = {}
+          for y = 1, #old do dks[y] = ipre[x] .. old[y] end
+          redis.call('DEL', unpack(dks))
+        end
         redis.call('ZREM', idx, unpack(old))
       end
     end
@@ -225,103 +241,127 @@ local reply = { table.concat(flags), string.format('%d', wm), table.concat(sout,
 local kk = KG + ng
 while p <= #ARGV do
   kk = kk + 1
-  local key = KEYS[kk]
+  local vkey = KEYS[kk]
   local hit = string.gmatch(ARGV[p], '%S+')
   local g, write, width, ttl, ncomp =
     tonumber(hit()), hit() == '1', tonumber(hit()), hit(), tonumber(hit())
-  p = p + 1
+  local dpre = ARGV[p + 1]
+  local known = doubles(ARGV[p + 2])
+  local tflag = ARGV[p + 3]
+  p = p + 4
   local recs, counts, posmap
   if write then
     recs, counts, posmap = ARGV[p], ARGV[p + 1], ARGV[p + 2]
     p = p + 3
   end
-  -- (d) compare-and-set compactions planned by a previous batch
-  if ncomp > 0 then
-    local fl = {}
-    for c = 1, ncomp do fl[c] = ARGV[p + 4 * (c - 1)] end
-    local cur = redis.call('HMGET', key, unpack(fl))
-    local hs, m = {}, 0
-    for c = 1, ncomp do
-      local v = cur[c]
-      local q = p + 4 * (c - 1)
+  -- (d) compare-and-set compactions planned by a previous batch: applied when the value still
+  -- has the epoch and the length the planner expected (its own appends since included)
+  local compacted = {}
+  for c = 1, ncomp do
+    local q = p + 5 * (c - 1)
+    local f = ARGV[q]
+    compacted[f] = true
+    local cur = redis.call('HGET', vkey, f)
+    if cur == ARGV[q + 1] then
+      local dk = dpre .. f
+      local v = redis.call('GET', dk)
       local len = tonumber(ARGV[q + 2])
-      if v and string.sub(v, 1, 8) == ARGV[q + 1] and #v >= len then
-        hs[m + 1] = fl[c]
-        hs[m + 2] = ARGV[q + 3] .. string.sub(v, len + 1)
-        m = m + 2
+      if v and #v == tonumber(ARGV[q + 3]) and #v >= len then
+        redis.call('SET', dk, ARGV[q + 4] .. string.sub(v, len + 1), 'KEEPTTL')
+        redis.call('HSET', vkey, f, string.format('%d', tonumber(cur) + 1))
+        redis.call('HEXPIRE', vkey, ttl, 'FIELDS', 1, f)
       end
     end
-    if m > 0 then
-      redis.call('HSET', key, unpack(hs))
-      local fs = {}
-      for x = 1, m / 2 do fs[x] = hs[2 * x - 1] end
-      redis.call('HEXPIRE', key, ttl, 'FIELDS', m / 2, unpack(fs))
-    end
-    p = p + 4 * ncomp
   end
-  -- (e) read the values' records; append the batch's counted records
+  p = p + 5 * ncomp
+  -- (e) per value: its records unless the caller's copy is current (same epoch and length);
+  -- append the batch's counted records
   local a, k = gstart[g], gsize[g]
-  local lens, data = {}, {}
+  local modes, data, lens, eps = {}, {}, {}, {}
   if k > 0 then
-    local vals = redis.call('HMGET', key, unpack(ARGV, a, a + k - 1))
+    local epochs = redis.call('HMGET', vkey, unpack(ARGV, a, a + k - 1))
+    local w = 8 * width
+    local dropped = nil
+    if write and drops then
+      local pos = doubles(posmap)
+      for i = 1, n do
+        if flags[i] ~= '1' and pos[i] > 0 then
+          dropped = dropped or {}
+          dropped[pos[i]] = true
+        end
+      end
+    end
+    local hs, m, fs, nt = {}, 0, {}, 0
+    local r, off = 0, 1
     for j = 1, k do
-      local v = vals[j]
-      if v then
-        data[j] = v
-        lens[j] = #v
-      else
-        data[j] = ''
-        lens[j] = 0
-      end
-    end
-    if write then
-      local w = 8 * width
-      local dropped = nil
-      if drops then
-        local pos = doubles(posmap)
-        for i = 1, n do
-          if flags[i] ~= '1' and pos[i] > 0 then
-            dropped = dropped or {}
-            dropped[pos[i]] = true
-          end
-        end
-      end
-      local hs, fs, m = {}, {}, 0
-      local r, off = 0, 1
-      for j = 1, k do
+      local f = ARGV[a + j - 1]
+      local ep = epochs[j]
+      local cnt = 0
+      if write then
         local hi, lo = string.byte(counts, 2 * j - 1, 2 * j)
-        local cnt = hi * 256 + lo
-        if cnt > 0 then
-          local chunk
-          if dropped then
-            local parts, np = {}, 0
-            for x = 1, cnt do
-              if not dropped[r + x] then
-                np = np + 1
-                parts[np] = string.sub(recs, off + (x - 1) * w, off + x * w - 1)
-              end
+        cnt = hi * 256 + lo
+      end
+      local chunk = ''
+      if cnt > 0 then
+        if dropped then
+          local parts, np = {}, 0
+          for x = 1, cnt do
+            if not dropped[r + x] then
+              np = np + 1
+              parts[np] = string.sub(recs, off + (x - 1) * w, off + x * w - 1)
             end
-            chunk = table.concat(parts)
-          else
-            chunk = string.sub(recs, off, off + cnt * w - 1)
           end
-          r = r + cnt
-          off = off + cnt * w
-          if #chunk > 0 then
-            m = m + 1
-            fs[m] = ARGV[a + j - 1]
-            hs[2 * m - 1] = fs[m]
-            hs[2 * m] = (vals[j] or NEWH) .. chunk
-          end
+          chunk = table.concat(parts)
+        else
+          chunk = string.sub(recs, off, off + cnt * w - 1)
+        end
+        r = r + cnt
+        off = off + cnt * w
+      end
+      if not ep then
+        -- no epoch, no records (the epoch outlives them): created by this batch, or nothing
+        modes[j] = '0'
+        lens[#lens + 1] = '0'
+        if #chunk > 0 then
+          redis.call('SET', dpre .. f, chunk, 'EX', ttl)
+          m = m + 1
+          hs[2 * m - 1] = f
+          hs[2 * m] = RND
+          nt = nt + 1
+          fs[nt] = f
+          eps[#eps + 1] = RND
+        else
+          eps[#eps + 1] = '0'
+        end
+      else
+        local dk = dpre .. f
+        local pre
+        if #chunk > 0 then
+          pre = redis.call('APPEND', dk, chunk) - #chunk
+        else
+          pre = redis.call('STRLEN', dk)
+        end
+        if string.byte(tflag, j) == 49 then
+          redis.call('EXPIRE', dk, ttl)
+          nt = nt + 1
+          fs[nt] = f
+        end
+        if tonumber(ep) == known[2 * j - 1] and pre == known[2 * j] and not compacted[f] then
+          modes[j] = '1'
+        else
+          modes[j] = '0'
+          if pre > 0 then data[#data + 1] = redis.call('GETRANGE', dk, 0, pre - 1) end
+          lens[#lens + 1] = pre
+          eps[#eps + 1] = ep
         end
       end
-      if m > 0 then
-        redis.call('HSET', key, unpack(hs))
-        redis.call('HEXPIRE', key, ttl, 'FIELDS', m, unpack(fs))
-      end
     end
+    if m > 0 then redis.call('HSET', vkey, unpack(hs)) end
+    if nt > 0 then redis.call('HEXPIRE', vkey, ttl, 'FIELDS', nt, unpack(fs)) end
   end
+  reply[#reply + 1] = table.concat(modes)
   reply[#reply + 1] = table.concat(data)
   reply[#reply + 1] = table.concat(lens, ' ')
+  reply[#reply + 1] = table.concat(eps, ' ')
 end
 return reply
