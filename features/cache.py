@@ -1,25 +1,29 @@
-"""The worker's copy of the records it has read or written, so that the server returns only what
-changed.
+"""The worker's copy of the buckets it has read or written, so that the server returns only what
+the copy lacks.
 
-Every stored value (kind x entity value) has an epoch on the server (random when the value is
-created, changed when it is rewritten) and a length that only appends change. A worker sends the
-epoch and length it expects; when both match, the server returns nothing for that value and the
-records come from here. Otherwise the server returns the whole value and this copy is
-replaced. A wrong copy is therefore never used, whoever else writes the same keys: other workers,
-the labels script, compactions, idle expiry, a flushed database.
+A kind's values are spread over a fixed number of buckets (see ``features/update.lua``); a
+bucket on the server is an append-only run of records, each ending with its value's hash, and an
+epoch that changes whenever the bucket is rewritten. This copy knows, per bucket, the epoch and
+how many bytes of it it holds. The server returns nothing for a bucket the copy holds whole, the
+bytes appended since (by other workers, or by this one's batches still in flight) for a bucket
+the copy holds a prefix of, and the whole bucket otherwise. A wrong copy is therefore never used,
+whoever else writes the same keys: other workers, the labels script, compactions, a flushed
+database.
 
-A kind's records live in one array (``pool``, the kind's stored columns), each value in a block
-(``start``, ``cnt`` records, room for ``cap``) addressed by the value's slot in its entity's
-:class:`Slots`. Blocks move when they outgrow their room; the pool is repacked when it is full,
-and past ``max_records`` the values no batch in flight has sent are forgotten first.
+Records are kept by value: one array (``pool``, the kind's stored columns) holds each value's
+block (``start``, ``cnt`` records, room for ``cap``), addressed by the value's slot in its
+entity's :class:`Slots`. Blocks move when they outgrow their room; the pool is repacked when it
+is full. The copy is as large as the server's state of the buckets this worker touches; both are
+bounded by compaction (records leave once no window can see them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.typed import Dict
 
 from features._types import FloatArray, IntArray
 
@@ -28,147 +32,79 @@ _START_RECORDS = 1 << 16
 
 
 class Slots:
-    """Entity value -> slot number, shared by the kinds of one entity (card, merchant, ...).
+    """Entity value (its 64-bit hash) -> slot number, shared by the kinds of one entity."""
 
-    Past ``max_slots`` values, those not sent by the last ``IDLE_BATCHES`` batches are forgotten
-    (their slots are reused); a value in flight is never forgotten.
-    """
+    def __init__(self) -> None:
+        self.index = Dict.empty(key_type=types.int64, value_type=types.int64)
 
-    IDLE_BATCHES = 8
+    def of(self, hashes: IntArray) -> IntArray:
+        """Slots of the values with these hashes (new ones are added)."""
+        return _slots_of(self.index, np.ascontiguousarray(hashes).view(np.int64))
 
-    def __init__(self, max_slots: int) -> None:
-        self.max_slots = max_slots
-        self.index: dict[str, int] = {}
-        self.values: list[str] = []
-        self.last = np.full(_START_SLOTS, -1, np.int64)
-        self.free: list[int] = []
-        #: Per source: the newest event time last sent for the value's idle index (-inf: none).
-        self.indexed: dict[str, FloatArray] = {}
+    def __len__(self) -> int:
+        return len(self.index)
 
-    def of(self, values: Sequence[str], batch: int) -> tuple[IntArray, IntArray]:
-        """Slots of ``values`` (new ones are added), and the slots forgotten to make room."""
-        index = self.index
-        get = index.get
-        slots = np.fromiter((get(v, -1) for v in values), np.int64, count=len(values))
-        new = np.flatnonzero(slots < 0)
-        dropped = np.zeros(0, np.int64)
-        if new.size and len(index) + new.size > self.max_slots:
-            dropped = self._forget(batch)
-        for j in new.tolist():
-            v = values[j]
-            if self.free:
-                s = self.free.pop()
-                self.values[s] = v
-            else:
-                s = len(self.values)
-                self.values.append(v)
-            index[v] = s
-            slots[j] = s
-        if len(self.values) > self.last.shape[0]:
-            size = max(len(self.values), 2 * self.last.shape[0])
-            grown = np.full(size, -1, np.int64)
-            grown[: self.last.shape[0]] = self.last
-            self.last = grown
-            for src, old in self.indexed.items():
-                more = np.full(size, -np.inf)
-                more[: old.shape[0]] = old
-                self.indexed[src] = more
-        self.last[slots] = batch
-        return slots, dropped
 
-    def index_marks(self, source: str) -> FloatArray:
-        """The newest event time last sent to ``source``'s idle index, by slot."""
-        marks = self.indexed.get(source)
-        if marks is None:
-            marks = self.indexed[source] = np.full(self.last.shape[0], -np.inf)
-        return marks
-
-    def _forget(self, batch: int) -> IntArray:
-        used = np.arange(len(self.values))
-        idle = used[(self.last[: len(self.values)] < batch - self.IDLE_BATCHES)]
-        idle = idle[[self.values[s] in self.index for s in idle.tolist()]]
-        for s in idle.tolist():
-            del self.index[self.values[s]]
-            self.values[s] = ""
-        self.last[idle] = -1
-        for marks in self.indexed.values():
-            marks[idle] = -np.inf
-        self.free.extend(idle.tolist())
-        return idle
+@njit(cache=True)
+def _slots_of(index: Any, keys: IntArray) -> IntArray:  # pragma: no cover - compiled
+    out = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        s = index.get(keys[i], -1)
+        if s < 0:
+            s = len(index)
+            index[keys[i]] = s
+        out[i] = s
+    return out
 
 
 class KindCache:
-    """Records and expected epochs/lengths of one kind's values, by slot (see the module
-    docstring)."""
+    """One kind's copy: records by value slot, and per bucket what of it is held."""
 
-    def __init__(self, width: int, max_records: int) -> None:
+    def __init__(self, width: int, buckets: int) -> None:
         self.width = width
-        self.max_records = max_records
-        self.reset()
-
-    def reset(self, nslots: int = _START_SLOTS) -> None:
-        """Forget everything: every value is read whole from the server when next seen."""
-        n = max(nslots, _START_SLOTS)
-        self.epoch = np.zeros(n)  # expected epoch on the server; 0 = unknown
-        self.plen = np.zeros(n, np.int64)  # expected length (bytes), appends in flight included
-        self.last_batch = np.full(n, -1, np.int64)  # the last batch that sent this value
+        self.buckets = buckets
+        n = _START_SLOTS
         self.start = np.zeros(n, np.int64)
         self.cnt = np.zeros(n, np.int64)
         self.cap = np.zeros(n, np.int64)
-        self.base = np.zeros(n, np.int64)  # records after the last compaction planned
-        self.ttl_at = np.zeros(n)  # wall clock (s) of the last TTL refresh sent
-        self.pool = np.zeros((_START_RECORDS, self.width))
+        self.bucket = np.full(n, -1, np.int64)  # the bucket of the value in each slot
+        self.hash = np.zeros(n, np.uint64)
+        self.pool = np.zeros((_START_RECORDS, width))
         self.top = 0
-
-    def forget(self, slots: IntArray) -> None:
-        """Forget these values (their blocks are reclaimed by the next repack)."""
-        if slots.size:
-            slots = slots[slots < self.epoch.shape[0]]
-            self.epoch[slots] = 0.0
-            self.plen[slots] = 0
-            self.cnt[slots] = 0
-            self.cap[slots] = 0
-            self.base[slots] = 0
-            self.ttl_at[slots] = 0.0
-            self.last_batch[slots] = -1
+        self.epoch = np.zeros(buckets)  # 0 = not held
+        self.held = np.zeros(buckets, np.int64)  # bytes of the bucket held
+        self.base = np.zeros(buckets, np.int64)  # bytes after the last compaction planned
+        self.ttl_at = np.zeros(buckets)  # wall clock (s) of the last TTL renewal sent
+        self.rewrite_at = np.zeros(buckets, np.int64)  # the batch that last sent a compaction
 
     def ensure(self, nslots: int) -> None:
         """Room for slots ``0..nslots-1``."""
-        n = self.epoch.shape[0]
+        n = self.start.shape[0]
         if nslots <= n:
             return
         m = max(nslots, 2 * n)
-        for name, fill in (
-            ("epoch", 0.0),
-            ("plen", 0),
-            ("last_batch", -1),
-            ("start", 0),
-            ("cnt", 0),
-            ("cap", 0),
-            ("base", 0),
-            ("ttl_at", 0.0),
-        ):
+        for name, fill in (("start", 0), ("cnt", 0), ("cap", 0), ("bucket", -1), ("hash", 0)):
             old = getattr(self, name)
             new = np.full(m, fill, dtype=old.dtype)
             new[:n] = old
             setattr(self, name, new)
 
-    def gather(
-        self,
-        slots: IntArray,
-        full: IntArray,
-        full_off: IntArray,
-        full_rec: FloatArray,
-        cols: IntArray,
-    ) -> tuple[IntArray, FloatArray]:
-        """Pre-batch records of each value (7 columns): from here, or from the server's reply
-        where ``full[j]``."""
-        return _gather(slots, full, full_off, full_rec, cols, self.start, self.cnt, self.pool)
+    def slots_in(self, bucket: int) -> IntArray:
+        """The slots of the values of ``bucket`` that hold records."""
+        found: IntArray = np.flatnonzero((self.bucket == bucket) & (self.cnt > 0))
+        return found
 
-    def store(
-        self, slots: IntArray, post_off: IntArray, post: FloatArray, cols: IntArray, batch: int
-    ) -> None:
-        """Keep each value's post-batch records (7 columns in, the kind's columns kept)."""
+    def clear(self, bucket: int) -> None:
+        """Drop every record of ``bucket`` (before its whole content is loaded again)."""
+        if self.held[bucket] > 0:
+            self.cnt[self.bucket == bucket] = 0
+
+    def gather(self, slots: IntArray, cols: IntArray) -> tuple[IntArray, FloatArray]:
+        """Records of each value (7 columns), by value."""
+        return _gather(slots, cols, self.start, self.cnt, self.pool)
+
+    def store(self, slots: IntArray, post_off: IntArray, post: FloatArray, cols: IntArray) -> None:
+        """Keep each value's records (7 columns in, the kind's columns kept)."""
         while True:
             top = _store(
                 slots, post_off, post, cols, self.start, self.cnt, self.cap, self.pool, self.top
@@ -176,59 +112,40 @@ class KindCache:
             if top >= 0:
                 self.top = top
                 return
-            self._repack(int(post_off[-1]), batch)
+            used = self.cnt[self.cnt > 0]
+            need = int(np.maximum(4, 2 * used).sum()) + 2 * int(post_off[-1]) + _START_RECORDS
+            size = _START_RECORDS
+            while size < need:
+                size *= 2
+            self.pool, self.top = _repack(self.start, self.cnt, self.cap, self.pool, size)
 
-    def _repack(self, incoming: int, batch: int) -> None:
-        """Move the blocks together; past ``max_records``, forget the values no batch in
-        flight has sent (an idle value's next read is whole); grow when still short."""
-        live = int(self.cnt.sum())
-        if live + incoming > self.max_records:
-            idle = np.flatnonzero((self.cap > 0) & (self.last_batch < batch - Slots.IDLE_BATCHES))
-            self.forget(idle)
-            live = int(self.cnt.sum())
-        size = _START_RECORDS
-        while size < 2 * (live + incoming) + _START_RECORDS:
-            size *= 2
-        self.pool, self.top = _repack(self.start, self.cnt, self.cap, self.pool, size)
+    def append(self, slots: IntArray, rec7: FloatArray, cols: IntArray) -> None:
+        """Add records (7 columns; ``slots[i]`` owns ``rec7[i]``) after the values' own."""
+        if slots.size == 0:
+            return
+        uniq, code = np.unique(slots, return_inverse=True)
+        pre_off, pre = self.gather(uniq, cols)
+        post_off, post = merge_post(pre_off, pre, code, np.ones(slots.size, np.int64), rec7)
+        self.store(uniq, post_off, post, cols)
 
 
 @njit(cache=True)
 def _gather(
-    slots: IntArray,
-    full: IntArray,
-    full_off: IntArray,
-    full_rec: FloatArray,
-    cols: IntArray,
-    start: IntArray,
-    cnt: IntArray,
-    pool: FloatArray,
+    slots: IntArray, cols: IntArray, start: IntArray, cnt: IntArray, pool: FloatArray
 ) -> tuple[IntArray, FloatArray]:  # pragma: no cover - compiled
     k = slots.shape[0]
     off = np.zeros(k + 1, np.int64)
-    f = 0
     for j in range(k):
-        if full[j]:
-            off[j + 1] = off[j] + full_off[f + 1] - full_off[f]
-            f += 1
-        else:
-            off[j + 1] = off[j] + cnt[slots[j]]
+        off[j + 1] = off[j] + cnt[slots[j]]
     out = np.zeros((off[k], 7))
-    f = 0
     w = cols.shape[0]
     for j in range(k):
+        s = slots[j]
         o = off[j]
-        if full[j]:
-            a = full_off[f]
-            for t in range(full_off[f + 1] - a):
-                for c in range(7):
-                    out[o + t, c] = full_rec[a + t, c]
-            f += 1
-        else:
-            s = slots[j]
-            a = start[s]
-            for t in range(cnt[s]):
-                for c in range(w):
-                    out[o + t, cols[c]] = pool[a + t, c]
+        a = start[s]
+        for t in range(cnt[s]):
+            for c in range(w):
+                out[o + t, cols[c]] = pool[a + t, c]
     return off, out
 
 
@@ -278,7 +195,8 @@ def _repack(
     top = 0
     for s in range(start.shape[0]):
         m = cnt[s]
-        if cap[s] == 0:
+        if m == 0:
+            cap[s] = 0
             continue
         room = max(4, 2 * m)
         for t in range(m):
@@ -324,15 +242,9 @@ def merge_post(
 
 def warm_up() -> None:
     """Compile (or load from the on-disk cache) the cache's kernels."""
-    cache = KindCache(2, 1000)
-    slots = np.array([0, 1], dtype=np.int64)
+    Slots().of(np.array([3, 5, 3], dtype=np.uint64))
+    cache = KindCache(2, 4)
+    cache.ensure(2)
     cols = np.array([0, 1], dtype=np.int64)
-    full_rec = np.zeros((1, 7))
-    off, pre = cache.gather(
-        slots, np.array([1, 0], dtype=np.int64), np.array([0, 1], dtype=np.int64), full_rec, cols
-    )
-    post_off, post = merge_post(
-        off, pre, np.array([0, 1], dtype=np.int64), np.ones(2, np.int64), np.zeros((2, 7))
-    )
-    cache.store(slots, post_off, post, cols, 0)
-    cache._repack(0, 0)  # noqa: SLF001 (compile it too)
+    cache.append(np.array([0, 1, 0], dtype=np.int64), np.zeros((3, 7)), cols)
+    cache.pool, cache.top = _repack(cache.start, cache.cnt, cache.cap, cache.pool, 1 << 10)

@@ -4,17 +4,19 @@
 --                      after which the hash may be deleted; see update.lua)
 -- KEYS[2..1+nl]        label-seen hashes, one per label day present (field = event id)
 -- KEYS[nl+2..nl+ne+1]  transaction seen hashes of the days a labelled transaction may be in
--- KEYS[nl+ne+2..]      label kind hashes (field = entity value, value = its epoch)
--- ARGV[1..6]           n, nl, ne, nk, seen TTL s, "kind TTL s, epoch of a new value
---                      (random), the kinds' data key prefixes" (records: see update.lua)
+-- KEYS[nl+ne+2..]      label kind hashes (field = bucket, value = its epoch)
+-- ARGV[1..6]           n, nl, ne, nk, seen TTL s, "kind TTL s, epoch of a new
+--                      bucket (random), the kinds' data key prefixes" (layout: see update.lua)
 -- ARGV[7]              per label day: "a b" ranges of label numbers (labels ordered by day)
 -- ARGV[8]              the label days (day numbers, space separated)
 -- ARGV[9..8+n]         event ids;  ARGV[9+n..8+2n] label times (ms, text); ARGV[9+2n..8+3n] '1'/'0'
 -- A label-seen hash of day d is indexed with the end of day d + 1: it is deleted with the
 -- transaction seen hashes it may refer to (a label only finds transactions up to a day later).
--- Transaction records (written by update.lua) are "<ts>\t<value kind 1>\t<value kind 2>...".
+-- Transaction records (written by update.lua) are "<ts>\t<value kind 1>\t<value kind 2>...",
+-- a value being "<bucket>:<its 64-bit hash, 16 hex digits, little-endian bytes>".
 -- A label counts once per event id (the first one that finds its transaction); a fraud label
--- appends the record (transaction time, label time) to every label kind's entity value.
+-- appends the record (transaction time, label time, value hash) to every label kind's bucket of
+-- the transaction's entity value.
 -- Reply: { fraud labels applied, labels applied, unknown transaction, duplicates }
 local n, nl, ne, nk = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local seen_ttl = ARGV[5]
@@ -61,7 +63,11 @@ for d = 1, nl do
         local rec = struct.pack('<dd', tonumber(parts[1]), tonumber(ARGV[8 + n + i]))
         for c = 1, nk do
           local v = parts[c + 1]
-          if v and v ~= '' then add[c][v] = (add[c][v] or '') .. rec end
+          if v and v ~= '' then
+            local b, hex = string.match(v, '^(%d+):(%x+)$')
+            local vh = string.gsub(hex, '%x%x', function(x) return string.char(tonumber(x, 16)) end)
+            add[c][b] = (add[c][b] or '') .. rec .. vh
+          end
         end
       end
     end

@@ -82,13 +82,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import pandas as pd
 import redis
 
 from features import cache as kcache
 from features import kernels
 from features._types import BoolArray, FloatArray, IntArray
 from features.cache import KindCache, Slots
+from features.hashing import hash52, hash64
 from features.kernels import AGG_CODES
 from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all, validate_spec
 
@@ -97,7 +97,6 @@ DEFAULT_SEEN_TTL_SECONDS = 7 * 86400
 DEFAULT_MAX_SKEW_SECONDS = 86400
 #: The partition key of each source's topic: lateness is judged per value of this field.
 SCOPE_FIELD = {"transactions": "card_id", "events": "customer_id"}
-HASH_MASK = (1 << 52) - 1
 #: Fewest records a compaction must remove to be written back.
 COMPACT_MIN = 16
 _COLS = ("t", "c", "s", "q", "mn", "mx", "h")
@@ -157,12 +156,34 @@ class _Prepared:
     ts: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     amt: FloatArray = field(default_factory=lambda: np.zeros(0))
     kinds: list[_Kind] = field(default_factory=list)
-    groups: dict[str, tuple[int, IntArray, list[str], IntArray]] = field(default_factory=dict)
+    groups: dict[str, _Group] = field(default_factory=dict)
     members: dict[str, BoolArray] = field(default_factory=dict)
     hashes: dict[str, FloatArray] = field(default_factory=dict)
     rec7: FloatArray = field(default_factory=lambda: np.zeros((0, 7)))
-    scode: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     batch: int = 0
+    sent: dict[str, _Sent] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    """A batch's values of one entity: per event its value number (-1: none); per value its
+    64-bit hash, cache slot and bucket."""
+
+    code: IntArray
+    hashes: Any
+    slots: IntArray
+    bucket: IntArray
+
+
+@dataclass
+class _Sent:
+    """What a batch sent for one kind: the buckets it touched, the bytes of each the copy held
+    then, and per record sent its bucket (index into ``touched``) and event."""
+
+    touched: IntArray
+    held: IntArray
+    rec_bucket: IntArray
+    rec_event: IntArray
 
 
 def _kind_id(source: str, entity: str, flt: Filter | None, distinct: str | None) -> str:
@@ -264,13 +285,6 @@ def _as_bytes(x: bytes | str) -> bytes:
     return x.encode("latin-1") if isinstance(x, str) else x
 
 
-def value_hash(values: Sequence[Any]) -> FloatArray:
-    """A stable 52-bit hash of each value (exact as float64), for distinct counts."""
-    arr = np.asarray([str(v) for v in values], dtype=object)
-    hashed: FloatArray = (pd.util.hash_array(arr) & np.uint64(HASH_MASK)).astype(np.float64)
-    return hashed
-
-
 def entity_values(spec_entity: str, columns: Mapping[str, Sequence[Any]], n: int) -> list[str]:
     """Per event the entity value ('' when any part is missing); pairs joined by '|'."""
     parts = spec_entity.split("+")
@@ -318,10 +332,13 @@ class RedisFeatureStore:
         prefix: str = "rs:",
         *,
         max_skew_seconds: int | None = None,
-        cache_max_records: int = 8_000_000,
-        cache_max_values: int = 2_000_000,
+        buckets: int = 64,
     ) -> None:
         self.spec = validate_spec(spec)
+        if buckets < 1:
+            msg = f"buckets={buckets} must be >= 1"
+            raise ValueError(msg)
+        self.buckets = int(buckets)
         if not prefix or any(c.isspace() for c in prefix):
             msg = f"prefix {prefix!r} must be non-empty and without whitespace"
             raise ValueError(msg)
@@ -365,10 +382,10 @@ class RedisFeatureStore:
         self._build_kinds()
         self._update = client.register_script(_script_source("update.lua"))
         self._labels = client.register_script(_script_source("labels.lua"))
-        # compactions planned, by kind key: value -> (slot, bytes planned over, new records)
-        self._pending: dict[str, dict[str, tuple[int, int, bytes]]] = {}
-        self._slots = {k.entity: Slots(cache_max_values) for k in self._kinds.values()}
-        self._caches = {k.key: KindCache(k.width, cache_max_records) for k in self._kinds.values()}
+        # compactions planned, by kind key: bucket -> (bytes planned over, new records)
+        self._pending: dict[str, dict[int, tuple[int, bytes]]] = {}
+        self._slots = {k.entity: Slots() for k in self._kinds.values()}
+        self._caches = {k.key: KindCache(k.width, buckets) for k in self._kinds.values()}
         self._batches = 0
         self._inflight: deque[_Call] = deque()
         self._conn: Any = None
@@ -379,7 +396,7 @@ class RedisFeatureStore:
     def _kind(self, source: str, entity: str, flt: Filter | None, distinct: str | None) -> _Kind:
         ident = _kind_id(source, entity, flt, distinct)
         if ident not in self._kinds:
-            self._kinds[ident] = _Kind(source, entity, flt, distinct, f"{self.prefix}k:{ident}")
+            self._kinds[ident] = _Kind(source, entity, flt, distinct, f"{self.prefix}e:{ident}")
         return self._kinds[ident]
 
     def _add(self, kind: _Kind, f: FeatureSpec, agg: str, col: int) -> None:
@@ -431,8 +448,10 @@ class RedisFeatureStore:
             if kind.source == "labels":
                 cols = [0, 6]
             kind.columns = tuple(cols)
-            digest = hashlib.sha1(kind.key.encode(), usedforsecurity=False).hexdigest()[:12]
-            kind.data_prefix = f"{self.prefix}r:{digest}:"
+            digest = hashlib.sha1(
+                f"{kind.key}|{self.buckets}".encode(), usedforsecurity=False
+            ).hexdigest()[:12]
+            kind.data_prefix = f"{self.prefix}b:{digest}:"
             reach = max(kf.reach_ms for kf in kind.features)
             kind.keep_ms = reach + kind.allowance_ms
             kind.ttl_seconds = math.ceil(kind.keep_ms / 1000) + 60
@@ -483,24 +502,37 @@ class RedisFeatureStore:
         return {ident: k.key for ident, k in self._kinds.items()}
 
     def memory_usage(self) -> dict[str, tuple[int, int]]:
-        """Per kind id: bytes the server holds for it (``MEMORY USAGE`` of every key of the kind)
-        and the number of entity values it holds."""
+        """Per kind id: bytes the server holds for it (``MEMORY USAGE`` of its epoch hash and
+        buckets) and the number of entity values with records in it."""
         out: dict[str, tuple[int, int]] = {}
         for ident, k in self._kinds.items():
-            keys = [k.key, *self.client.scan_iter(match=k.data_prefix + "*", count=1000)]
-            total = 0
-            for a in range(0, len(keys), 1000):
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys[a : a + 1000]:
-                    pipe.memory_usage(key, samples=0)
-                total += sum(int(b or 0) for b in pipe.execute())
-            out[ident] = (total, int(self.client.hlen(k.key)))
+            keys = [k.key, *(f"{k.data_prefix}{b}" for b in range(self.buckets))]
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+            total = sum(int(x or 0) for x in pipe.execute())
+            values: set[int] = set()
+            for b in range(self.buckets):
+                raw = self.client.get(f"{k.data_prefix}{b}") or b""
+                rec = np.frombuffer(_as_bytes(raw), dtype="<u8").reshape(-1, k.width + 1)
+                values.update(rec[:, k.width].tolist())
+            out[ident] = (total, len(values))
         return out
+
+    def holds(self, ident: str, value: str) -> bool:
+        """Whether the server holds records of ``value`` in the kind ``ident`` (e.g.
+        ``"t:card_id"``)."""
+        k = self._kinds[ident]
+        vh = int(hash64([value])[0])
+        raw = self.client.get(f"{k.data_prefix}{vh % self.buckets}") or b""
+        rec = np.frombuffer(_as_bytes(raw), dtype="<u8").reshape(-1, k.width + 1)
+        return bool((rec[:, k.width] == np.uint64(vh)).any())
 
     def warm_up(self) -> None:
         """Compile the kernels now so that the first batch does not pay for it."""
         kernels.warm_up()
         kcache.warm_up()
+        hash64(["x"])
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -606,13 +638,6 @@ class RedisFeatureStore:
         ends = np.append(starts[1:], nu)
         ulist = list(uindex)
         sorted_ids = [ulist[u] for u in uorder.tolist()]
-        if is_tx and self._label_kinds:
-            lab_vals = [entity_values(k.entity, columns, n) for k in self._label_kinds]
-            fp = first_pos[uorder].tolist()
-            tsl = ts.tolist()
-            seen_vals: list[str] = ["\t".join([str(tsl[i]), *(v[i] for v in lab_vals)]) for i in fp]
-        else:
-            seen_vals = ["1"] * nu
         src = "t" if is_tx else "e"
         # scope (partition key) of every event: lateness is judged per scope value
         scol = columns.get(SCOPE_FIELD[source])
@@ -655,63 +680,40 @@ class RedisFeatureStore:
         ]
         args += list(sindex)
         args += sorted_ids
-        args += seen_vals
-        # entity groups
+        # entity groups: the batch's values of each entity, their hashes, slots and buckets
         self._batches += 1
         batch = self._batches
-        groups: dict[str, tuple[int, IntArray, list[str], IntArray]] = {}
+        groups: dict[str, _Group] = {}
         for k in kinds:
             if k.entity in groups:
                 continue
             vals = entity_values(k.entity, columns, n)
-            index: dict[str, int] = {}
-            setdefault = index.setdefault
-            code = np.fromiter(
-                (setdefault(v, len(index)) if v else -1 for v in vals), np.int64, count=n
+            present = np.fromiter(map(bool, vals), dtype=bool, count=n)
+            per_event = hash64(vals)
+            vh, inv = np.unique(per_event[present], return_inverse=True)
+            code = np.full(n, -1, dtype=np.int64)
+            code[present] = inv
+            groups[k.entity] = _Group(
+                code, vh, self._slots[k.entity].of(vh), (vh % self.buckets).astype(np.int64)
             )
-            values = list(index)
-            slots, forgotten = self._slots[k.entity].of(values, batch)
-            if forgotten.size:
-                for other in self._kinds.values():
-                    if other.entity == k.entity:
-                        self._caches[other.key].forget(forgotten)
-            groups[k.entity] = (len(groups) + 1, code, values, slots)
-        keys += [f"{self.prefix}idx:{src}:{ent}" for ent in groups]
-        kpos = {k.key: len(keys) + 1 + j for j, k in enumerate(kinds)}  # 1-based KEYS position
-        args.append(len(groups))
-        new_ts = np.where(first, ts.astype(np.float64), -1e300)
-        for ent, (_g, code, values, slots) in groups.items():
-            args.append(len(values))
-            args += values
-            # event-time expiry of idle values: the kinds of this entity written by this source
-            # (and, with transactions, the label kinds), once the value's newest event is more
-            # than the longest reach behind the earliest event that may still be counted: the
-            # script takes the global watermark - max_skew, but not after the batch's own
-            # earliest countable event (a batch may span more than max_skew; its early events
-            # need the records of values that look idle at the watermark after the batch)
-            swept = [
-                k for k in kinds if k.entity == ent and (k.source == source or k.source == "labels")
+        if is_tx and self._label_kinds:
+            # what a label needs to find its transaction's buckets: "<ts>\t<bucket>:<hash>..."
+            tsl = ts.tolist()
+            parts = []
+            for k in self._label_kinds:
+                grp = groups[k.entity]
+                hexes = grp.hashes.astype("<u8").tobytes().hex()
+                hx = [
+                    f"{b}:{hexes[16 * j : 16 * j + 16]}" for j, b in enumerate(grp.bucket.tolist())
+                ]
+                parts.append([hx[c] if c >= 0 else "" for c in grp.code.tolist()])
+            seen_vals = [
+                "\t".join([str(tsl[i]), *(p[i] for p in parts)]) for i in first_pos[uorder].tolist()
             ]
-            if swept:
-                reach = max(kf.reach_ms for k in swept for kf in k.features)
-                # a value's newest time is sent when it moved by at least `slack` since last
-                # sent: the index lags by less than that, and the script sweeps `slack` later
-                slack = max(reach // 4, DAY_MS)
-                args.append(
-                    " ".join(
-                        [str(reach + slack), *(f"{kpos[k.key]} {k.data_prefix}" for k in swept)]
-                    )
-                )
-                newest = np.full(len(values), -1e300)
-                known = code >= 0
-                np.maximum.at(newest, code[known], new_ts[known])
-                marks = self._slots[ent].index_marks(src)
-                moved = newest >= marks[slots] + slack
-                marks[slots[moved]] = newest[moved]
-                newest[~moved] = -1e300
-                args.append(newest.astype("<f8").tobytes())
-            else:
-                args += ["0", b""]
+        else:
+            seen_vals = ["1"] * nu
+        args += seen_vals
+        keys += [k.key for k in kinds]
         # the batch's records (7 columns) and, per kind, which events feed it
         rec7 = np.zeros((n, 7))
         rec7[:, 0] = ts
@@ -722,30 +724,37 @@ class RedisFeatureStore:
         rec7[:, 5] = amt
         members: dict[str, BoolArray] = {}
         hashes: dict[str, FloatArray] = {}
+        sent: dict[str, _Sent] = {}
         now_s = time.time()
         for k in kinds:
-            g, code, values, slots = groups[k.entity]
+            grp = groups[k.entity]
             cache = self._caches[k.key]
-            cache.ensure(len(self._slots[k.entity].values))
-            keys.append(k.key)
+            cache.ensure(len(self._slots[k.entity]))
+            cache.bucket[grp.slots] = grp.bucket
+            cache.hash[grp.slots] = grp.hashes
+            touched = np.unique(grp.bucket)
             write = k.source == source
-            comps = self._compactions(k, cache)
-            # the epoch and length each value should have now (epoch 0: unknown, the server sends
-            # it whole); its TTLs are renewed when this process last did so an eighth of the TTL
-            # ago
-            expected = np.empty((len(values), 2), dtype="<f8")
-            expected[:, 0] = cache.epoch[slots]
-            expected[:, 1] = cache.plen[slots]
-            renew = cache.ttl_at[slots] < now_s - k.ttl_seconds / 8
-            cache.ttl_at[slots[renew]] = now_s
-            cache.last_batch[slots] = batch
+            comps = self._compactions(k, cache, batch)
+            # per bucket the epoch and the bytes this copy holds (epoch 0: none, the server
+            # sends it whole); TTLs are renewed when this process last did so an eighth of the
+            # TTL ago
+            held = cache.held[touched].copy()
+            expected = np.empty((len(touched), 2), dtype="<f8")
+            expected[:, 0] = cache.epoch[touched]
+            expected[:, 1] = held
+            renew = cache.ttl_at[touched] < now_s - k.ttl_seconds / 8
+            cache.ttl_at[touched[renew]] = now_s
             args += [
-                f"{g} {int(write)} {k.width} {k.ttl_seconds} {len(comps)}",
+                f"{int(write)} {k.width + 1} {k.ttl_seconds} {len(comps)} {len(touched)}",
                 k.data_prefix,
+                " ".join(map(str, touched.tolist())),
                 expected.tobytes(),
                 np.where(renew, ord("1"), ord("0")).astype(np.uint8).tobytes(),
             ]
+            rec_bucket = np.zeros(0, dtype=np.int64)
+            rec_event = np.zeros(0, dtype=np.int64)
             if write:
+                code = grp.code
                 m = (code >= 0) & first & filter_mask(k.filter, columns, n)
                 if k.distinct is not None:
                     dv = columns.get(k.distinct)
@@ -753,62 +762,50 @@ class RedisFeatureStore:
                         m[:] = False
                     else:
                         m &= np.fromiter((bool(v) for v in dv), dtype=bool, count=n)
-                        hashes[k.key] = value_hash(dv)
+                        hashes[k.key] = hash52([str(v) for v in dv])
                 members[k.key] = m
                 idx = np.flatnonzero(m)
-                idx = idx[np.argsort(code[idx], kind="stable")]
-                recs = rec7[idx][:, list(k.columns)]
+                rb = np.searchsorted(touched, grp.bucket[code[idx]])
+                order = np.argsort(rb, kind="stable")
+                rec_event, rec_bucket = idx[order], rb[order]
+                recs = np.empty((len(rec_event), k.width + 1), dtype="<f8")
+                recs[:, : k.width] = rec7[rec_event][:, list(k.columns)]
                 if k.key in hashes:
-                    recs[:, -1] = hashes[k.key][idx]
-                counts = np.bincount(code[idx], minlength=len(values))
+                    recs[:, k.width - 1] = hashes[k.key][rec_event]
+                recs.view("<u8")[:, k.width] = grp.hashes[code[rec_event]]
+                counts = np.bincount(rec_bucket, minlength=len(touched))
                 if counts.size and counts.max() > 65535:
-                    msg = "more than 65535 events of one entity value in a batch"
+                    msg = "more than 65535 records of one bucket in a batch"
                     raise ValueError(msg)
-                pos = np.zeros(n, dtype="<f8")
-                pos[idx] = np.arange(1, len(idx) + 1)
                 args += [
-                    np.ascontiguousarray(recs, dtype="<f8").tobytes(),
+                    recs.tobytes(),
                     counts.astype(">u2").tobytes(),
-                    pos.tobytes(),
+                    (rec_event + 1).astype("<f8").tobytes(),
                 ]
-                cache.plen[slots] += counts * (8 * k.width)
             for comp in comps:
                 args += comp
+            sent[k.key] = _Sent(touched, held, rec_bucket, rec_event)
         return _Prepared(
-            source,
-            n,
-            out,
-            keys,
-            args,
-            ts,
-            amt,
-            kinds,
-            groups,
-            members,
-            hashes,
-            rec7,
-            scode,
-            batch,
+            source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, batch, sent
         )
 
-    def _compactions(self, k: _Kind, cache: KindCache) -> list[list[Any]]:
-        """The kind's planned compactions, with the epoch and length each expects (as this
-        process predicts them before the batch: its own appends since the plan included); the
-        values are then unknown until a reply says what they became."""
+    def _compactions(self, k: _Kind, cache: KindCache, batch: int) -> list[list[Any]]:
+        """The kind's planned compactions, with the epoch each expects; those buckets are then
+        read whole again (their copy is not known to be current until a reply says so)."""
         out: list[list[Any]] = []
-        index = self._slots[k.entity].index
-        for value, (slot, length, body) in self._pending.pop(k.key, {}).items():
-            if index.get(value) != slot or cache.epoch[slot] <= 0:
+        for b, (length, body) in self._pending.pop(k.key, {}).items():
+            if cache.epoch[b] <= 0:
                 continue
-            out.append([value, f"{cache.epoch[slot]:.0f}", length, int(cache.plen[slot]), body])
-            cache.epoch[slot] = 0.0
+            out.append([str(b), f"{cache.epoch[b]:.0f}", length, body])
+            cache.epoch[b] = 0.0
+            cache.rewrite_at[b] = batch
         return out
 
     def _finish(self, prep: _Prepared, reply: Any) -> FloatArray:
         """Read the script's reply: flags, watermarks, records -> features; plan compactions."""
         source, n, out, ts, amt = prep.source, prep.n, prep.out, prep.ts, prep.amt
         kinds, groups, members, hashes = prep.kinds, prep.groups, prep.members, prep.hashes
-        rec7, scode = prep.rec7, prep.scode
+        rec7 = prep.rec7
         is_tx = source == "transactions"
         flags = np.frombuffer(_as_bytes(reply[0]), dtype=np.uint8)
         if flags.shape[0] != n:
@@ -820,13 +817,14 @@ class RedisFeatureStore:
         self._last_counted = int(np.count_nonzero(counted))
         wm_pre = int(_as_bytes(reply[1]))
         wm_now = max(wm_pre, int(ts[counted].max())) if counted.any() else wm_pre
-        scope_wm = np.array(_as_bytes(reply[2]).split(), dtype=np.int64)
         work = np.empty((n, self._n_work), dtype=np.float64) if is_tx else None
         for j, k in enumerate(kinds):
-            _g, code, values, slots = groups[k.entity]
+            grp = groups[k.entity]
             cache = self._caches[k.key]
             cols = k.cols
-            pre_off, pre7, full = self._read_kind(k, cache, slots, reply[3 + 4 * j :], prep.batch)
+            sent = prep.sent[k.key]
+            self._catch_up(k, cache, sent, reply[3 + 4 * j : 7 + 4 * j], prep.batch)
+            pre_off, pre7 = cache.gather(grp.slots, cols)
             cnt = (counted & members[k.key]) if k.key in members else np.zeros(n, dtype=bool)
             batch7 = rec7
             if k.key in hashes:
@@ -835,7 +833,7 @@ class RedisFeatureStore:
             if work is not None and k.features:
                 feats = k.features
                 kernels.compute_kind(
-                    code,
+                    grp.code,
                     cnt.astype(np.int64),
                     ts,
                     amt,
@@ -849,30 +847,21 @@ class RedisFeatureStore:
                     np.array([f.col for f in feats], dtype=np.int64),
                     work,
                 )
-            if not values:
+            if not grp.hashes.size:
                 continue
             written = k.source == source
             if written:
                 post_off, post7 = kcache.merge_post(
-                    pre_off, pre7, code, cnt.astype(np.int64), batch7
+                    pre_off, pre7, grp.code, cnt.astype(np.int64), batch7
                 )
-            else:
-                post_off, post7 = pre_off, pre7
-            if written or full.any():
-                cache.store(slots, post_off, post7, cols, prep.batch)
-                mine = slots[cache.last_batch[slots] == prep.batch]
-                cache.plen[mine] = cache.cnt[mine] * (8 * k.width)
+                cache.store(grp.slots, post_off, post7, cols)
+                kept = counted[sent.rec_event]
+                own = np.bincount(sent.rec_bucket[kept], minlength=len(sent.touched))
+                cache.held[sent.touched] += own * (8 * (k.width + 1))
             # compact what this batch writes (and, with transactions, the label kinds); kinds of
             # the other source are compacted by that source's batches (their own clocks)
             if written or k.source == "labels":
-                if k.scoped:  # relative to the watermark of each value's scope (its card)
-                    vscope = np.zeros(len(values), dtype=np.int64)
-                    has = np.flatnonzero(code >= 0)
-                    vscope[code[has]] = scode[has]
-                    now = scope_wm[vscope]
-                else:
-                    now = np.full(len(values), wm_now, dtype=np.int64)
-                self._plan_compaction(k, cache, values, slots, post_off, post7, now)
+                self._plan_compaction(k, cache, sent.touched, wm_now)
         if work is None:
             return out
         out[:] = work[:, : self._n_out]
@@ -883,78 +872,103 @@ class RedisFeatureStore:
             out[np.isnan(c), col] = np.nan
         return out
 
-    @staticmethod
-    def _read_kind(
-        k: _Kind, cache: KindCache, slots: IntArray, part: Sequence[Any], batch: int
-    ) -> tuple[IntArray, FloatArray, BoolArray]:
-        """Pre-batch records of the kind's values (7 columns), from the cache or, for the values
-        the server sent whole, from the reply; which were sent whole."""
-        full = np.frombuffer(_as_bytes(part[0]), dtype=np.uint8) == ord("0")
-        if full.shape[0] != slots.shape[0]:
-            msg = f"feature script returned {full.shape[0]} states for {slots.shape[0]} values"
-            raise RuntimeError(msg)
-        lens = np.array(_as_bytes(part[2]).split(), dtype=np.int64)
-        full_rec = np.zeros((0, 7))
-        if lens.size:
-            body = np.frombuffer(_as_bytes(part[1]), dtype="<f8").reshape(-1, k.width)
-            full_rec = np.zeros((body.shape[0], 7))
-            full_rec[:, list(k.columns)] = body
-            # epochs now; a later batch in flight that sent a value predicted from this one's
-            # (wrongly if this one was stale: its own reply corrects it)
-            sl = slots[full]
-            epochs = np.array(_as_bytes(part[3]).split(), dtype=np.float64)
-            mine = cache.last_batch[sl] == batch
-            cache.epoch[sl[mine]] = epochs[mine]
-        full_off = np.zeros(lens.size + 1, dtype=np.int64)
-        np.cumsum(lens // (8 * k.width), out=full_off[1:])
-        pre_off, pre7 = cache.gather(slots, full.astype(np.int64), full_off, full_rec, k.cols)
-        return pre_off, pre7, full
-
-    def _plan_compaction(
-        self,
-        k: _Kind,
-        cache: KindCache,
-        values: list[str],
-        slots: IntArray,
-        post_off: IntArray,
-        post: FloatArray,
-        now: IntArray,
+    def _catch_up(
+        self, k: _Kind, cache: KindCache, sent: _Sent, part: Sequence[Any], batch: int
     ) -> None:
-        """Merge/drop the records of values that at least doubled since their last plan; the
-        result is written by a later call (compare-and-set on epoch and length)."""
-        before = np.diff(post_off)
-        cand = np.flatnonzero(before >= np.maximum(2 * COMPACT_MIN, 2 * cache.base[slots]))
-        if cand.size == 0:
+        """Bring the copy of the batch's buckets to their pre-batch state on the server: load
+        the buckets sent whole, append the records others (or this process's batches still in
+        flight) appended since the copy was taken."""
+        state = np.frombuffer(_as_bytes(part[0]), dtype=np.uint8)
+        if state.shape[0] != sent.touched.shape[0]:
+            msg = f"feature script returned {state.shape[0]} states for {len(sent.touched)} buckets"
+            raise RuntimeError(msg)
+        back = np.flatnonzero(state != ord("1"))
+        if back.size == 0:
+            if np.any(cache.held[sent.touched] != sent.held):
+                msg = "feature cache out of step with the server"
+                raise RuntimeError(msg)
             return
-        nb = before[cand]
-        sub_off = np.zeros(cand.size + 1, dtype=np.int64)
-        np.cumsum(nb, out=sub_off[1:])
-        rows = np.repeat(post_off[cand] - sub_off[:-1], nb) + np.arange(int(sub_off[-1]))
-        new_off, comp = kernels.compact_values(
-            sub_off,
-            np.ascontiguousarray(post[rows]),
-            np.ascontiguousarray(now[cand]),
-            k.allowance_ms,
-            k.keep_ms,
-            k.tier_age,
-            k.tier_res,
-            k.distinct is not None,
-            k.source != "labels",
+        rw = 8 * (k.width + 1)
+        lens = np.array(_as_bytes(part[2]).split(), dtype=np.int64)
+        blob = np.frombuffer(_as_bytes(part[1]), dtype="<u8").reshape(-1, k.width + 1)
+        buckets = sent.touched[back]
+        whole = state[back] == ord("0")
+        # whole buckets: forget what the copy held, take every record returned
+        if whole.any():
+            epochs = np.array(_as_bytes(part[3]).split(), dtype=np.float64)
+            wb = buckets[whole]
+            for b in wb.tolist():
+                cache.clear(b)
+            fresh = batch >= cache.rewrite_at[wb]
+            cache.epoch[wb[fresh]] = epochs[fresh]
+        # buckets behind: the reply starts where this batch's copy ended when it was sent; the
+        # copy may have grown since (batches in flight before this one): skip that much
+        skip = np.where(whole, 0, cache.held[buckets] - sent.held[back])
+        if np.any((skip < 0) | (skip % rw != 0) | (skip > lens)):
+            msg = "feature cache out of step with the server"
+            raise RuntimeError(msg)
+        cache.held[buckets] = np.where(whole, lens, sent.held[back] + lens)
+        starts = np.zeros(lens.size + 1, dtype=np.int64)
+        np.cumsum(lens // rw, out=starts[1:])
+        first = starts[:-1] + skip // rw
+        count = starts[1:] - first
+        rows = np.repeat(first - np.concatenate([[0], np.cumsum(count)[:-1]]), count) + np.arange(
+            int(count.sum())
         )
-        after = np.diff(new_off)
-        cache.base[slots[cand]] = after
-        # rewrite a value only when it at least halves (amortised: appends stay the common case;
-        # the TTLs bound what an idle value keeps)
-        changed = np.flatnonzero(nb - after >= np.maximum(COMPACT_MIN, nb // 2))
-        if changed.size == 0:
+        if rows.size == 0:
             return
-        pend = self._pending.setdefault(k.key, {})
-        cols = list(k.columns)
-        w = 8 * k.width
-        for c in changed.tolist():
-            j = int(cand[c])
-            body = np.ascontiguousarray(comp[new_off[c] : new_off[c + 1]][:, cols], dtype="<f8")
-            pend[values[j]] = (int(slots[j]), int(nb[c]) * w, body.tobytes())
+        got = blob[rows]
+        vh = np.ascontiguousarray(got[:, k.width])
+        slots = self._slots[k.entity].of(vh)
+        cache.ensure(len(self._slots[k.entity]))
+        cache.bucket[slots] = (vh % np.uint64(self.buckets)).astype(np.int64)
+        cache.hash[slots] = vh
+        rec7 = np.zeros((got.shape[0], 7))
+        rec7[:, list(k.columns)] = got[:, : k.width].view("<f8")
+        cache.append(slots, rec7, k.cols)
+
+    def _plan_compaction(self, k: _Kind, cache: KindCache, touched: IntArray, wm_now: int) -> None:
+        """Merge/drop the records of the buckets that at least doubled since their last plan;
+        the result is written by a later call (compare-and-set on the bucket's epoch)."""
+        rw = 8 * (k.width + 1)
+        due = touched[
+            (cache.held[touched] >= np.maximum(COMPACT_MIN * rw, 2 * cache.base[touched]))
+            & (cache.epoch[touched] > 0)
+        ]
+        for b in due.tolist():
+            slots = cache.slots_in(b)
+            off, rec = cache.gather(slots, k.cols)
+            if k.scoped:
+                # every event that may still be counted for a card has t >= its newest record
+                # - lateness (its scope watermark is at least that) and t >= watermark - skew
+                newest = np.full(len(slots), -(2**62), dtype=np.int64)
+                nrec = np.diff(off)
+                has = nrec > 0
+                newest[has] = np.maximum.reduceat(rec[:, 0], off[:-1][has]).astype(np.int64)
+                floor = wm_now - self.max_skew_seconds * 1000 + k.allowance_ms
+                now = np.maximum(newest, floor)
+            else:
+                now = np.full(len(slots), wm_now, dtype=np.int64)
+            new_off, comp = kernels.compact_values(
+                off,
+                rec,
+                now,
+                k.allowance_ms,
+                k.keep_ms,
+                k.tier_age,
+                k.tier_res,
+                k.distinct is not None,
+                k.source != "labels",
+            )
+            length = int(cache.held[b])
+            body = np.empty((comp.shape[0], k.width + 1), dtype="<f8")
+            body[:, : k.width] = comp[:, list(k.columns)]
+            body.view("<u8")[:, k.width] = np.repeat(cache.hash[slots], np.diff(new_off))
+            cache.base[b] = body.nbytes
+            # rewrite a bucket only when it at least halves (amortised: appends stay the common
+            # case; the TTLs bound what an idle bucket keeps)
+            if length - body.nbytes >= max(COMPACT_MIN * rw, length // 2):
+                self._pending.setdefault(k.key, {})[b] = (length, body.tobytes())
 
     def _send(self, script: Any, keys: list[str], args: list[Any]) -> _Call:
         """Send EVAL (the script's text, so that no call in flight can meet NOSCRIPT and be
@@ -990,23 +1004,15 @@ class RedisFeatureStore:
                 first.reply = self._conn.read_response()
             except redis.exceptions.ResponseError as exc:  # an error reply: the stream is intact
                 first.error = exc
-                self._forget_marks()
             except BaseException as exc:
                 first.error = exc
                 first.done = True
-                self._forget_marks()
                 self._drop_connection(exc)
                 raise
             first.done = True
         if not self._inflight and self._conn is not None:
             self.client.connection_pool.release(self._conn)
             self._conn = None
-
-    def _forget_marks(self) -> None:
-        """After a failed call (applied or not: unknown) send every value's newest time to the
-        idle index again: a retried batch must not rely on marks its first try set."""
-        for slots in self._slots.values():
-            slots.indexed.clear()
 
     def _drop_connection(self, exc: BaseException) -> None:
         for c in self._inflight:
@@ -1045,7 +1051,6 @@ class RedisFeatureStore:
                         raise
             except BaseException:
                 conn.disconnect()  # type: ignore[no-untyped-call]
-                self._forget_marks()
                 raise
             finally:
                 self.client.connection_pool.release(conn)
