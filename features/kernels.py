@@ -74,6 +74,23 @@ def compute_kind(
         if agg[f] == 0 or agg[f] == 1 or agg[f] == 2 or agg[f] == 8:
             summable = True
     order = np.argsort(code, kind="mergesort")
+    # scratch space for the largest value, reused (an allocation per value costs more than the
+    # arithmetic of a small one)
+    most = 0
+    p = 0
+    while p < n:
+        k = code[order[p]]
+        q = p + 1
+        while q < n and code[order[q]] == k:
+            q += 1
+        if k >= 0 and pre_off[k + 1] - pre_off[k] + q - p > most:
+            most = pre_off[k + 1] - pre_off[k] + q - p
+        p = q
+    buf = np.empty((most, 7))
+    pt = np.empty(most)
+    pc = np.zeros(most + 1)
+    ps = np.zeros(most + 1)
+    hs = np.empty(most)
     p = 0
     while p < n:
         k = code[order[p]]
@@ -89,21 +106,29 @@ def compute_kind(
         a = pre_off[k]
         e = pre_off[k + 1]
         m0 = e - a
-        rec = np.empty((m0 + q - p, 7))
+        rec = buf
         for t in range(m0):
             for col in range(7):
                 rec[t, col] = pre_rec[a + t, col]
         m = m0
         if summable:  # stored records by time, with running totals: a window is two searches
-            srt = np.argsort(rec[:m0, T])
-            pt = np.empty(m0)
-            pc = np.zeros(m0 + 1)
-            ps = np.zeros(m0 + 1)
-            for x in range(m0):
-                y = srt[x]
-                pt[x] = rec[y, T]
-                pc[x + 1] = pc[x] + rec[y, C]
-                ps[x + 1] = ps[x] + rec[y, S]
+            ordered = True
+            for x in range(1, m0):
+                if rec[x, T] < rec[x - 1, T]:
+                    ordered = False
+                    break
+            if ordered:
+                for x in range(m0):
+                    pt[x] = rec[x, T]
+                    pc[x + 1] = pc[x] + rec[x, C]
+                    ps[x + 1] = ps[x] + rec[x, S]
+            else:
+                srt = np.argsort(rec[:m0, T])
+                for x in range(m0):
+                    y = srt[x]
+                    pt[x] = rec[y, T]
+                    pc[x + 1] = pc[x] + rec[y, C]
+                    ps[x + 1] = ps[x] + rec[y, S]
         for r in range(p, q):
             i = order[r]
             ti = ts[i]
@@ -133,7 +158,6 @@ def compute_kind(
                     out[i, outcol[f]] = (ti - best) / 1000.0 if found else np.nan
                     continue
                 if g == 6:
-                    hs = np.empty(m)
                     nh = 0
                     for t in range(m):
                         tr = rec[t, T]
@@ -157,8 +181,8 @@ def compute_kind(
                 mx = -np.inf
                 first = 0
                 if summable and (g == 0 or g == 1 or g == 2 or g == 8):
-                    x0 = np.searchsorted(pt, lo, side="left")
-                    x1 = np.searchsorted(pt, hi, side="left")
+                    x0 = np.searchsorted(pt[:m0], lo, side="left")
+                    x1 = np.searchsorted(pt[:m0], hi, side="left")
                     c = pc[x1] - pc[x0]
                     s = ps[x1] - ps[x0]
                     first = m0  # the batch's own records are still scanned

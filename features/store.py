@@ -97,8 +97,9 @@ DEFAULT_SEEN_TTL_SECONDS = 7 * 86400
 DEFAULT_MAX_SKEW_SECONDS = 86400
 #: The partition key of each source's topic: lateness is judged per value of this field.
 SCOPE_FIELD = {"transactions": "card_id", "events": "customer_id"}
-#: Fewest records a compaction must remove to be written back.
-COMPACT_MIN = 16
+#: Fewest bytes a compaction must remove from a bucket to be written back (a bucket's garbage
+#: stays below this or its live size, so at most this much per bucket beyond twice the live).
+COMPACT_MIN_BYTES = 8192
 _COLS = ("t", "c", "s", "q", "mn", "mx", "h")
 T = TypeVar("T")
 
@@ -928,11 +929,14 @@ class RedisFeatureStore:
         cache.append(slots, rec7, k.cols)
 
     def _plan_compaction(self, k: _Kind, cache: KindCache, touched: IntArray, wm_now: int) -> None:
-        """Merge/drop the records of the buckets that at least doubled since their last plan;
-        the result is written by a later call (compare-and-set on the bucket's epoch)."""
-        rw = 8 * (k.width + 1)
+        """Merge/drop the records of the buckets that grew by their size at the last plan (and
+        by ``COMPACT_MIN_BYTES``); the result is written by a later call (compare-and-set on the
+        bucket's epoch) when it at least halves the bucket."""
         due = touched[
-            (cache.held[touched] >= np.maximum(COMPACT_MIN * rw, 2 * cache.base[touched]))
+            (
+                cache.held[touched] - cache.base[touched]
+                >= np.maximum(COMPACT_MIN_BYTES, cache.base[touched])
+            )
             & (cache.epoch[touched] > 0)
         ]
         for b in due.tolist():
@@ -967,7 +971,7 @@ class RedisFeatureStore:
             cache.base[b] = body.nbytes
             # rewrite a bucket only when it at least halves (amortised: appends stay the common
             # case; the TTLs bound what an idle bucket keeps)
-            if length - body.nbytes >= max(COMPACT_MIN * rw, length // 2):
+            if length - body.nbytes >= max(COMPACT_MIN_BYTES, length // 2):
                 self._pending.setdefault(k.key, {})[b] = (length, body.tobytes())
 
     def _send(self, script: Any, keys: list[str], args: list[Any]) -> _Call:
