@@ -76,6 +76,7 @@ class KindCache:
         self.base = np.zeros(buckets, np.int64)  # bytes after the last compaction planned
         self.ttl_at = np.zeros(buckets)  # wall clock (s) of the last TTL renewal sent
         self.rewrite_at = np.zeros(buckets, np.int64)  # the batch that last sent a compaction
+        self.inflight = np.zeros(buckets, np.int64)  # bytes appended by batches in flight
 
     def ensure(self, nslots: int) -> None:
         """Room for slots ``0..nslots-1``."""

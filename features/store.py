@@ -163,6 +163,7 @@ class _Prepared:
     rec7: FloatArray = field(default_factory=lambda: np.zeros((0, 7)))
     batch: int = 0
     sent: dict[str, _Sent] = field(default_factory=dict)
+    released: bool = False
 
 
 @dataclass
@@ -183,6 +184,8 @@ class _Sent:
 
     touched: IntArray
     held: IntArray
+    inflight: IntArray  # bytes of earlier batches still in flight, per bucket
+    own: IntArray  # bytes this batch appends (before late events are dropped), per bucket
     rec_bucket: IntArray
     rec_event: IntArray
 
@@ -255,11 +258,16 @@ class Pending(Generic[T]):
     """
 
     def __init__(
-        self, store: RedisFeatureStore, call: _Call | None, finish: Callable[[Any], T]
+        self,
+        store: RedisFeatureStore,
+        call: _Call | None,
+        finish: Callable[[Any], T],
+        failed: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._call = call
         self._finish = finish
+        self._failed = failed
         self._value: T | None = None
         self._has_value = False
 
@@ -267,7 +275,11 @@ class Pending(Generic[T]):
         if not self._has_value:
             reply = None
             if self._call is not None:
-                self._store._read_until(self._call)  # noqa: SLF001 (one module)
+                try:
+                    self._store._read_until(self._call)  # noqa: SLF001 (one module)
+                finally:
+                    if self._call.error is not None and self._failed is not None:
+                        self._failed()
                 if self._call.error is not None:
                     raise self._call.error
                 reply = self._call.reply
@@ -334,12 +346,14 @@ class RedisFeatureStore:
         *,
         max_skew_seconds: int | None = None,
         buckets: int = 64,
+        compact_min_bytes: int = COMPACT_MIN_BYTES,
     ) -> None:
         self.spec = validate_spec(spec)
         if buckets < 1:
             msg = f"buckets={buckets} must be >= 1"
             raise ValueError(msg)
         self.buckets = int(buckets)
+        self.compact_min_bytes = int(compact_min_bytes)
         if not prefix or any(c.isspace() for c in prefix):
             msg = f"prefix {prefix!r} must be non-empty and without whitespace"
             raise ValueError(msg)
@@ -568,9 +582,12 @@ class RedisFeatureStore:
         prep = self._prepare("transactions", event_ids, ts_ms, amt, entities, fields)
         if prep.n == 0:
             return Pending(self, None, lambda _reply: prep.out)
-        return Pending(
-            self, self._send(self._update, prep.keys, prep.args), lambda r: self._finish(prep, r)
-        )
+        try:
+            call = self._send(self._update, prep.keys, prep.args)
+        except BaseException:
+            self._release(prep)
+            raise
+        return Pending(self, call, lambda r: self._finish(prep, r), lambda: self._release(prep))
 
     def update_events_batch(
         self,
@@ -592,7 +609,21 @@ class RedisFeatureStore:
         if prep.n == 0:
             self._last_counted = 0
             return prep.out
-        return self._finish(prep, self._eval(self._update, prep.keys, prep.args))
+        try:
+            reply = self._eval(self._update, prep.keys, prep.args)
+        except BaseException:
+            self._release(prep)
+            raise
+        return self._finish(prep, reply)
+
+    def _release(self, prep: _Prepared) -> None:
+        """The batch's appends are no longer in flight (applied and read, or failed)."""
+        if prep.released:
+            return
+        prep.released = True
+        for key, sent in prep.sent.items():
+            cache = self._caches[key]
+            cache.inflight[sent.touched] = np.maximum(cache.inflight[sent.touched] - sent.own, 0)
 
     def _prepare(
         self,
@@ -740,9 +771,11 @@ class RedisFeatureStore:
             # sends it whole); TTLs are renewed when this process last did so an eighth of the
             # TTL ago
             held = cache.held[touched].copy()
-            expected = np.empty((len(touched), 2), dtype="<f8")
+            inflight = cache.inflight[touched].copy()
+            expected = np.empty((len(touched), 3), dtype="<f8")
             expected[:, 0] = cache.epoch[touched]
             expected[:, 1] = held
+            expected[:, 2] = inflight
             renew = cache.ttl_at[touched] < now_s - k.ttl_seconds / 8
             cache.ttl_at[touched[renew]] = now_s
             args += [
@@ -754,6 +787,7 @@ class RedisFeatureStore:
             ]
             rec_bucket = np.zeros(0, dtype=np.int64)
             rec_event = np.zeros(0, dtype=np.int64)
+            own = np.zeros(len(touched), dtype=np.int64)
             if write:
                 code = grp.code
                 m = (code >= 0) & first & filter_mask(k.filter, columns, n)
@@ -775,6 +809,8 @@ class RedisFeatureStore:
                     recs[:, k.width - 1] = hashes[k.key][rec_event]
                 recs.view("<u8")[:, k.width] = grp.hashes[code[rec_event]]
                 counts = np.bincount(rec_bucket, minlength=len(touched))
+                own = counts * (8 * (k.width + 1))
+                cache.inflight[touched] += own
                 if counts.size and counts.max() > 65535:
                     msg = "more than 65535 records of one bucket in a batch"
                     raise ValueError(msg)
@@ -785,7 +821,7 @@ class RedisFeatureStore:
                 ]
             for comp in comps:
                 args += comp
-            sent[k.key] = _Sent(touched, held, rec_bucket, rec_event)
+            sent[k.key] = _Sent(touched, held, inflight, own, rec_bucket, rec_event)
         return _Prepared(
             source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, batch, sent
         )
@@ -804,6 +840,7 @@ class RedisFeatureStore:
 
     def _finish(self, prep: _Prepared, reply: Any) -> FloatArray:
         """Read the script's reply: flags, watermarks, records -> features; plan compactions."""
+        self._release(prep)
         source, n, out, ts, amt = prep.source, prep.n, prep.out, prep.ts, prep.amt
         kinds, groups, members, hashes = prep.kinds, prep.groups, prep.members, prep.hashes
         rec7 = prep.rec7
@@ -885,7 +922,7 @@ class RedisFeatureStore:
             raise RuntimeError(msg)
         back = np.flatnonzero(state != ord("1"))
         if back.size == 0:
-            if np.any(cache.held[sent.touched] != sent.held):
+            if np.any(cache.held[sent.touched] != sent.held + sent.inflight):
                 msg = "feature cache out of step with the server"
                 raise RuntimeError(msg)
             return
@@ -930,12 +967,12 @@ class RedisFeatureStore:
 
     def _plan_compaction(self, k: _Kind, cache: KindCache, touched: IntArray, wm_now: int) -> None:
         """Merge/drop the records of the buckets that grew by their size at the last plan (and
-        by ``COMPACT_MIN_BYTES``); the result is written by a later call (compare-and-set on the
+        by ``compact_min_bytes``); the result is written by a later call (compare-and-set on the
         bucket's epoch) when it at least halves the bucket."""
         due = touched[
             (
                 cache.held[touched] - cache.base[touched]
-                >= np.maximum(COMPACT_MIN_BYTES, cache.base[touched])
+                >= np.maximum(self.compact_min_bytes, cache.base[touched])
             )
             & (cache.epoch[touched] > 0)
         ]
@@ -971,7 +1008,7 @@ class RedisFeatureStore:
             cache.base[b] = body.nbytes
             # rewrite a bucket only when it at least halves (amortised: appends stay the common
             # case; the TTLs bound what an idle bucket keeps)
-            if length - body.nbytes >= max(COMPACT_MIN_BYTES, length // 2):
+            if length - body.nbytes >= max(self.compact_min_bytes, length // 2):
                 self._pending.setdefault(k.key, {})[b] = (length, body.tobytes())
 
     def _send(self, script: Any, keys: list[str], args: list[Any]) -> _Call:

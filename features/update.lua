@@ -34,13 +34,15 @@
 -- ARGV[14..13+ns]     scope values
 -- then nu unique ids, then their nu seen values
 -- then per kind: "write width ttl ncomp nb", data key prefix, the nb buckets the batch touches
---   (space separated), per bucket the expected epoch and length (float64 pairs; epoch 0 = none),
+--   (space separated), per bucket the expected epoch, the length the caller holds and the bytes
+--   its batches still in flight append (float64 triples; epoch 0 = none),
 --   per bucket '1' = renew its TTLs, [records by bucket, counts (u16 BE per bucket), per record
 --   its event number (float64)] if write, then ncomp x (bucket, expected epoch, length planned
 --   over, new records): compare-and-set compactions.
 -- Reply: { flags (per event: '0' already seen, '1' counted, '2' too late: seen, not stored),
 --          global watermark before the batch, scope watermarks after the batch (space separated),
---          per kind: per bucket '1' current / '2' behind / '0' whole, the records returned
+--          per kind: per bucket '1' current (the caller's copy plus its batches in flight) /
+--          '2' behind (records from the caller's length on) / '0' whole, the records returned
 --          (pre-batch), their lengths, the epochs of the buckets returned whole }
 
 local CHUNK = 100
@@ -284,13 +286,13 @@ while p <= #ARGV do
           nt = nt + 1
           fs[nt] = b
         end
-        local kl = known[2 * j]
-        if tonumber(ep) ~= known[2 * j - 1] or compacted[b] or pre < kl then
+        local kl = known[3 * j - 1]
+        if tonumber(ep) ~= known[3 * j - 2] or compacted[b] or pre < kl then
           modes[j] = '0'
           if pre > 0 then data[#data + 1] = redis.call('GETRANGE', dk, 0, pre - 1) end
           lens[#lens + 1] = pre
           eps[#eps + 1] = ep
-        elseif pre > kl then
+        elseif pre ~= kl + known[3 * j] then
           modes[j] = '2'
           data[#data + 1] = redis.call('GETRANGE', dk, kl, pre - 1)
           lens[#lens + 1] = pre - kl

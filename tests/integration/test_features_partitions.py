@@ -121,9 +121,10 @@ def test_seen_days_expire_in_event_time(redis_client: redis.Redis) -> None:
     # retention 2 h: only the last day (and the one the 2 h reach into) are kept
     assert days and days[0] >= day0 // DAY + 8 and len(days) <= 2
     assert redis_client.zcard("rs:days:t") == len(days)
-    # an event of a deleted day redelivered: too late, never counted twice
+    # an event of a deleted day redelivered: too late, never counted twice (its first delivery's
+    # record may or may not have been compacted away yet)
     x = store.update_batch(["e0"], ts[:1], np.ones(1), {"card_id": ["c"]})
-    assert store.late_events == 1 and x[0, 0] == 0
+    assert store.late_events == 1 and x[0, 0] <= 1
     assert not redis_client.exists(f"rs:seen:t:{day0 // DAY}")
 
 
@@ -161,7 +162,12 @@ def test_idle_entities_expire_in_event_time(redis_client: redis.Redis) -> None:
     )
     # one bucket per kind: 'old' shares it with the active card, whose appends make it compact
     store = RedisFeatureStore(
-        redis_client, spec, allowed_lateness_seconds=600, max_skew_seconds=2 * 3600, buckets=1
+        redis_client,
+        spec,
+        allowed_lateness_seconds=600,
+        max_skew_seconds=2 * 3600,
+        buckets=1,
+        compact_min_bytes=0,
     )
     one = {"card_id": ["old"], "merchant_id": ["m"]}
     store.update_batch(["x"], np.array([T0]), np.array([1.0]), one)
