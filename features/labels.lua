@@ -12,8 +12,8 @@
 -- ARGV[9..8+n]         event ids;  ARGV[9+n..8+2n] label times (ms, text); ARGV[9+2n..8+3n] '1'/'0'
 -- A label-seen hash of day d is indexed with the end of day d + 1: it is deleted with the
 -- transaction seen hashes it may refer to (a label only finds transactions up to a day later).
--- Transaction records (written by update.lua) are "<ts>\t<value kind 1>\t<value kind 2>...",
--- a value being "<bucket>:<its 64-bit hash, 16 hex digits, little-endian bytes>".
+-- What update.lua keeps of a transaction (the seen hash's value): float64 time, then per label
+-- kind float64 bucket of its entity value (-1: none) and the value's 64-bit hash (8 bytes).
 -- A label counts once per event id (the first one that finds its transaction); a fraud label
 -- appends the record (transaction time, label time, value hash) to every label kind's bucket of
 -- the transaction's entity value.
@@ -58,15 +58,14 @@ for d = 1, nl do
       m = m + 2
       if ARGV[8 + 2 * n + i] == '1' then
         frauds = frauds + 1
-        local parts = {}
-        for f in string.gmatch(found[i] .. '\t', '([^\t]*)\t') do parts[#parts + 1] = f end
-        local rec = struct.pack('<dd', tonumber(parts[1]), tonumber(ARGV[8 + n + i]))
+        local v = found[i]
+        local rec = struct.pack('<dd', struct.unpack('<d', v, 1), tonumber(ARGV[8 + n + i]))
         for c = 1, nk do
-          local v = parts[c + 1]
-          if v and v ~= '' then
-            local b, hex = string.match(v, '^(%d+):(%x+)$')
-            local vh = string.gsub(hex, '%x%x', function(x) return string.char(tonumber(x, 16)) end)
-            add[c][b] = (add[c][b] or '') .. rec .. vh
+          local at = 9 + 16 * (c - 1)
+          local b = struct.unpack('<d', v, at)
+          if b >= 0 then
+            local bk = string.format('%d', b)
+            add[c][bk] = (add[c][bk] or '') .. rec .. string.sub(v, at + 8, at + 15)
           end
         end
       end

@@ -228,6 +228,17 @@ def _pack_args(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _packed(strings: list[str]) -> tuple[bytes, bytes]:
+    """Strings as one argument (concatenated UTF-8) and their byte lengths (float64s)."""
+    text = "".join(strings)
+    if text.isascii():
+        return text.encode("ascii"), np.fromiter(
+            map(len, strings), dtype="<f8", count=len(strings)
+        ).tobytes()
+    parts = [x.encode("utf-8") for x in strings]
+    return b"".join(parts), np.fromiter(map(len, parts), dtype="<f8", count=len(parts)).tobytes()
+
+
 def _checked_amounts(amounts: FloatArray, n: int) -> FloatArray:
     amt = np.ascontiguousarray(amounts, dtype=np.float64)
     if amt.shape != (n,):
@@ -710,8 +721,7 @@ class RedisFeatureStore:
             " ".join(f"{a + 1} {b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
             " ".join(str(int(d)) for d in days.tolist()),
         ]
-        args += list(sindex)
-        args += sorted_ids
+        args += [*_packed(list(sindex)), *_packed(sorted_ids)]
         # entity groups: the batch's values of each entity, their hashes, slots and buckets
         self._batches += 1
         batch = self._batches
@@ -729,22 +739,24 @@ class RedisFeatureStore:
                 code, vh, self._slots[k.entity].of(vh), (vh % self.buckets).astype(np.int64)
             )
         if is_tx and self._label_kinds:
-            # what a label needs to find its transaction's buckets: "<ts>\t<bucket>:<hash>..."
-            tsl = ts.tolist()
-            parts = []
-            for k in self._label_kinds:
+            # what a label needs to find its transaction's buckets: time, then per label kind
+            # the bucket (-1: none) and hash of the entity value
+            first_ev = first_pos[uorder]
+            seen = np.zeros((nu, 1 + 2 * len(self._label_kinds)), dtype="<f8")
+            seen[:, 0] = ts[first_ev]
+            for c, k in enumerate(self._label_kinds):
                 grp = groups[k.entity]
-                hexes = grp.hashes.astype("<u8").tobytes().hex()
-                hx = [
-                    f"{b}:{hexes[16 * j : 16 * j + 16]}" for j, b in enumerate(grp.bucket.tolist())
-                ]
-                parts.append([hx[c] if c >= 0 else "" for c in grp.code.tolist()])
-            seen_vals = [
-                "\t".join([str(tsl[i]), *(p[i] for p in parts)]) for i in first_pos[uorder].tolist()
-            ]
+                code = grp.code[first_ev]
+                has = code >= 0
+                seen[:, 1 + 2 * c] = -1.0
+                seen[has, 1 + 2 * c] = grp.bucket[code[has]]
+                seen.view("<u8")[has, 2 + 2 * c] = grp.hashes[code[has]]
+            seen_blob = seen.tobytes()
+            seen_lens = np.full(nu, seen.shape[1] * 8, dtype="<f8").tobytes()
         else:
-            seen_vals = ["1"] * nu
-        args += seen_vals
+            seen_blob = b"1" * nu
+            seen_lens = np.ones(nu, dtype="<f8").tobytes()
+        args += [seen_blob, seen_lens]
         keys += [k.key for k in kinds]
         # the batch's records (7 columns) and, per kind, which events feed it
         rec7 = np.zeros((n, 7))

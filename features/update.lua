@@ -31,8 +31,9 @@
 -- ARGV[11]            per event '1' = first occurrence of its id in the batch, else '0'
 -- ARGV[12]            per day: "a b" ranges of unique id numbers (ids are ordered by day)
 -- ARGV[13]            the days (event-time day numbers, space separated)
--- ARGV[14..13+ns]     scope values
--- then nu unique ids, then their nu seen values
+-- ARGV[14], ARGV[15]  the scope values, concatenated; their lengths (float64s)
+-- ARGV[16], ARGV[17]  the nu unique ids, concatenated; their lengths
+-- ARGV[18], ARGV[19]  what the seen hashes keep of each id (see labels.lua), concatenated; lengths
 -- then per kind: "write width ttl ncomp nb", data key prefix, the nb buckets the batch touches
 --   (space separated), per bucket the expected epoch, the length the caller holds and the bytes
 --   its batches still in flight append (float64 triples; epoch 0 = none),
@@ -77,8 +78,19 @@ local ns = tonumber(ARGV[8])
 local RND = ARGV[9]
 local ev = doubles(ARGV[10])
 local first = ARGV[11]
-local SV = 13            -- scope values: ARGV[SV + s]
-local ID = 13 + ns       -- ids: ARGV[ID + u]; seen values: ARGV[ID + nu + u]
+-- strings packed into one argument: their lengths are float64s in the next one
+local function split(blob, lens)
+  local out, pos = {}, 1
+  local ls = doubles(lens)
+  for x = 1, #ls do
+    out[x] = string.sub(blob, pos, pos + ls[x] - 1)
+    pos = pos + ls[x]
+  end
+  return out
+end
+local svals = split(ARGV[14], ARGV[15])
+local ids = split(ARGV[16], ARGV[17])
+local seenv = split(ARGV[18], ARGV[19])
 local KD = 3             -- seen day hashes: KEYS[KD + d]
 
 -- (a) idempotency: which ids were already seen
@@ -86,7 +98,7 @@ local seen = {}
 local it = string.gmatch(ARGV[12], '%S+')
 for d = 1, nd do
   local a, b = tonumber(it()), tonumber(it())
-  local vals = redis.call('HMGET', KEYS[KD + d], unpack(ARGV, ID + a, ID + b))
+  local vals = redis.call('HMGET', KEYS[KD + d], unpack(ids, a, b))
   for u = a, b do seen[u] = vals[u - a + 1] end
 end
 
@@ -95,7 +107,7 @@ local wm = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
 local run = wm
 local srun = {}
 if ns > 0 then
-  local v = redis.call('HMGET', KEYS[2], unpack(ARGV, SV + 1, SV + ns))
+  local v = redis.call('HMGET', KEYS[2], unpack(svals, 1, ns))
   for s = 1, ns do srun[s] = tonumber(v[s] or '-1e18') end
 end
 local schanged = {}
@@ -126,7 +138,7 @@ do
   for s = 1, ns do
     if schanged[s] then
       m = m + 1
-      fs[m] = ARGV[SV + s]
+      fs[m] = svals[s]
       hs[2 * m - 1] = fs[m]
       hs[2 * m] = string.format('%d', srun[s])
     end
@@ -163,8 +175,8 @@ do
     if dend > cutoff then
       for u = a, b do
         if isnew[u] then
-          hs[m + 1] = ARGV[ID + u]
-          hs[m + 2] = ARGV[ID + nu + u]
+          hs[m + 1] = ids[u]
+          hs[m + 2] = seenv[u]
           m = m + 2
         end
       end
@@ -180,7 +192,7 @@ end
 local sout = {}
 for s = 1, ns do sout[s] = string.format('%d', srun[s]) end
 local reply = { table.concat(flags), string.format('%d', wm), table.concat(sout, ' ') }
-local p = ID + 2 * nu + 1
+local p = 20
 local kk = KD + nd
 while p <= #ARGV do
   kk = kk + 1
