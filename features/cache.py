@@ -113,12 +113,38 @@ class KindCache:
             if top >= 0:
                 self.top = top
                 return
-            used = self.cnt[self.cnt > 0]
-            need = int(np.maximum(4, 2 * used).sum()) + 2 * int(post_off[-1]) + _START_RECORDS
-            size = _START_RECORDS
-            while size < need:
-                size *= 2
-            self.pool, self.top = _repack(self.start, self.cnt, self.cap, self.pool, size)
+            self._repack(int(post_off[-1]))
+
+    def add_batch(
+        self, slots: IntArray, code: IntArray, counted: IntArray, batch7: FloatArray, cols: IntArray
+    ) -> None:
+        """Append the batch's counted records (event ``i`` to value ``code[i]``, in event order)
+        after each value's own, in place where there is room."""
+        while True:
+            top = _add_batch(
+                slots,
+                code,
+                counted,
+                batch7,
+                cols,
+                self.start,
+                self.cnt,
+                self.cap,
+                self.pool,
+                self.top,
+            )
+            if top >= 0:
+                self.top = top
+                return
+            self._repack(int(counted.sum()))
+
+    def _repack(self, incoming: int) -> None:
+        used = self.cnt[self.cnt > 0]
+        need = int(np.maximum(4, 2 * used).sum()) + 2 * incoming + _START_RECORDS
+        size = _START_RECORDS
+        while size < need:
+            size *= 2
+        self.pool, self.top = _repack(self.start, self.cnt, self.cap, self.pool, size)
 
     def append(self, slots: IntArray, rec7: FloatArray, cols: IntArray) -> None:
         """Add records (7 columns; ``slots[i]`` owns ``rec7[i]``) after the values' own."""
@@ -189,6 +215,56 @@ def _store(
 
 
 @njit(cache=True)
+def _add_batch(
+    slots: IntArray,
+    code: IntArray,
+    counted: IntArray,
+    batch: FloatArray,
+    cols: IntArray,
+    start: IntArray,
+    cnt: IntArray,
+    cap: IntArray,
+    pool: FloatArray,
+    top: int,
+) -> int:  # pragma: no cover - compiled
+    """See :meth:`KindCache.add_batch`; -1 if the pool is full (nothing written)."""
+    k = slots.shape[0]
+    add = np.zeros(k, np.int64)
+    for i in range(code.shape[0]):
+        if counted[i] and code[i] >= 0:
+            add[code[i]] += 1
+    need = top
+    for j in range(k):
+        m = cnt[slots[j]] + add[j]
+        if add[j] > 0 and m > cap[slots[j]]:
+            need += max(4, 2 * m)
+    if need > pool.shape[0]:
+        return -1
+    w = cols.shape[0]
+    for j in range(k):
+        s = slots[j]
+        m = cnt[s] + add[j]
+        if add[j] > 0 and m > cap[s]:  # move to a bigger block
+            b = top
+            room = max(4, 2 * m)
+            for t in range(cnt[s]):
+                for c in range(w):
+                    pool[b + t, c] = pool[start[s] + t, c]
+            start[s] = b
+            cap[s] = room
+            top += room
+    for i in range(code.shape[0]):
+        j = code[i]
+        if counted[i] and j >= 0:
+            s = slots[j]
+            r = start[s] + cnt[s]
+            for c in range(w):
+                pool[r, c] = batch[i, cols[c]]
+            cnt[s] += 1
+    return top
+
+
+@njit(cache=True)
 def _repack(
     start: IntArray, cnt: IntArray, cap: IntArray, pool: FloatArray, size: int
 ) -> tuple[FloatArray, int]:  # pragma: no cover - compiled
@@ -248,4 +324,11 @@ def warm_up() -> None:
     cache.ensure(2)
     cols = np.array([0, 1], dtype=np.int64)
     cache.append(np.array([0, 1, 0], dtype=np.int64), np.zeros((3, 7)), cols)
+    cache.add_batch(
+        np.array([0, 1], dtype=np.int64),
+        np.array([1, 0], dtype=np.int64),
+        np.ones(2, np.int64),
+        np.zeros((2, 7)),
+        cols,
+    )
     cache.pool, cache.top = _repack(cache.start, cache.cnt, cache.cap, cache.pool, 1 << 10)

@@ -901,10 +901,7 @@ class RedisFeatureStore:
                 continue
             written = k.source == source
             if written:
-                post_off, post7 = kcache.merge_post(
-                    pre_off, pre7, grp.code, cnt.astype(np.int64), batch7
-                )
-                cache.store(grp.slots, post_off, post7, cols)
+                cache.add_batch(grp.slots, grp.code, cnt.astype(np.int64), batch7, cols)
                 kept = counted[sent.rec_event]
                 own = np.bincount(sent.rec_bucket[kept], minlength=len(sent.touched))
                 cache.held[sent.touched] += own * (8 * (k.width + 1))
