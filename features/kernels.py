@@ -45,7 +45,6 @@ AGG_CODES = {
 T, C, S, Q, MN, MX, HH = 0, 1, 2, 3, 4, 5, 6
 
 
-@njit(cache=True)
 def compute_kind(
     code: IntArray,
     counted: IntArray,
@@ -60,13 +59,53 @@ def compute_kind(
     delay_ms: IntArray,
     outcol: IntArray,
     out: FloatArray,
-) -> None:  # pragma: no cover - compiled
+) -> None:
     """Fill ``out[:, outcol[f]]`` for the features ``f`` of one kind.
 
     code[i]: entity value number 0..K-1 (-1 missing -> NaN); counted[i]: 1 if event i adds its
     record ``batch_rec[i]`` (7 columns) to this kind; ``pre_rec[pre_off[k]:pre_off[k+1]]``: value
     k's stored records (7 columns).
     """
+    compute_kind_at(
+        code,
+        counted,
+        ts,
+        amount,
+        batch_rec,
+        np.ascontiguousarray(pre_off[:-1]),
+        np.diff(pre_off),
+        pre_rec,
+        np.arange(7, dtype=np.int64),
+        agg,
+        res_ms,
+        nb,
+        delay_ms,
+        outcol,
+        out,
+    )
+
+
+@njit(cache=True)
+def compute_kind_at(
+    code: IntArray,
+    counted: IntArray,
+    ts: IntArray,
+    amount: FloatArray,
+    batch_rec: FloatArray,
+    pre_start: IntArray,
+    pre_cnt: IntArray,
+    pre_rec: FloatArray,
+    pre_cols: IntArray,
+    agg: IntArray,
+    res_ms: IntArray,
+    nb: IntArray,
+    delay_ms: IntArray,
+    outcol: IntArray,
+    out: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`compute_kind` reading value k's stored records where they are kept:
+    ``pre_rec[pre_start[k] : pre_start[k] + pre_cnt[k]]``, column ``c`` being the record
+    column ``pre_cols[c]`` (the others are 0): no copy of a kind's records per batch."""
     n = code.shape[0]
     nf = agg.shape[0]
     summable = False  # count, sum, mean and ratio add up: running totals answer them
@@ -83,8 +122,8 @@ def compute_kind(
         q = p + 1
         while q < n and code[order[q]] == k:
             q += 1
-        if k >= 0 and pre_off[k + 1] - pre_off[k] + q - p > most:
-            most = pre_off[k + 1] - pre_off[k] + q - p
+        if k >= 0 and pre_cnt[k] + q - p > most:
+            most = pre_cnt[k] + q - p
         p = q
     buf = np.empty((most, 7))
     pt = np.empty(most)
@@ -103,13 +142,15 @@ def compute_kind(
                     out[order[r], outcol[f]] = np.nan
             p = q
             continue
-        a = pre_off[k]
-        e = pre_off[k + 1]
-        m0 = e - a
+        a = pre_start[k]
+        m0 = pre_cnt[k]
         rec = buf
+        w = pre_cols.shape[0]
         for t in range(m0):
             for col in range(7):
-                rec[t, col] = pre_rec[a + t, col]
+                rec[t, col] = 0.0
+            for col in range(w):
+                rec[t, pre_cols[col]] = pre_rec[a + t, col]
         m = m0
         if summable:  # stored records by time, with running totals: a window is two searches
             ordered = True

@@ -144,6 +144,16 @@ class _Kind:
     def cols(self) -> IntArray:
         return np.array(self.columns, dtype=np.int64)
 
+    def params(self) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+        """The kernel's per-feature arrays: aggregation, resolution, buckets, delay, column."""
+        return (
+            np.array([f.agg for f in self.features], dtype=np.int64),
+            np.array([f.res_ms for f in self.features], dtype=np.int64),
+            np.array([f.nb for f in self.features], dtype=np.int64),
+            np.array([f.delay_ms for f in self.features], dtype=np.int64),
+            np.array([f.col for f in self.features], dtype=np.int64),
+        )
+
 
 @dataclass
 class _Prepared:
@@ -874,27 +884,23 @@ class RedisFeatureStore:
             cols = k.cols
             sent = prep.sent[k.key]
             self._catch_up(k, cache, sent, reply[3 + 4 * j : 7 + 4 * j], prep.batch)
-            pre_off, pre7 = cache.gather(grp.slots, cols)
             cnt = (counted & members[k.key]) if k.key in members else np.zeros(n, dtype=bool)
             batch7 = rec7
             if k.key in hashes:
                 batch7 = rec7.copy()
                 batch7[:, 6] = hashes[k.key]
             if work is not None and k.features:
-                feats = k.features
-                kernels.compute_kind(
+                kernels.compute_kind_at(
                     grp.code,
                     cnt.astype(np.int64),
                     ts,
                     amt,
                     batch7,
-                    pre_off,
-                    pre7,
-                    np.array([f.agg for f in feats], dtype=np.int64),
-                    np.array([f.res_ms for f in feats], dtype=np.int64),
-                    np.array([f.nb for f in feats], dtype=np.int64),
-                    np.array([f.delay_ms for f in feats], dtype=np.int64),
-                    np.array([f.col for f in feats], dtype=np.int64),
+                    cache.start[grp.slots],
+                    cache.cnt[grp.slots],
+                    cache.pool,
+                    cols,
+                    *k.params(),
                     work,
                 )
             if not grp.hashes.size:
