@@ -130,6 +130,10 @@ def compute_kind_at(
     pc = np.zeros(most + 1)
     ps = np.zeros(most + 1)
     hs = np.empty(most)
+    # the batch's own records of the value, with running totals while they come in time order
+    ot = np.empty(most)
+    oc = np.zeros(most + 1)
+    osum = np.zeros(most + 1)
     p = 0
     while p < n:
         k = code[order[p]]
@@ -170,6 +174,8 @@ def compute_kind_at(
                     pt[x] = rec[y, T]
                     pc[x + 1] = pc[x] + rec[y, C]
                     ps[x + 1] = ps[x] + rec[y, S]
+        no = 0
+        own_sorted = True
         for r in range(p, q):
             i = order[r]
             ti = ts[i]
@@ -179,6 +185,13 @@ def compute_kind_at(
                     rec[m, col] = batch_rec[i, col]
                 own = m
                 m += 1
+                tr = batch_rec[i, T]
+                if no > 0 and tr < ot[no - 1]:
+                    own_sorted = False
+                ot[no] = tr
+                oc[no + 1] = oc[no] + batch_rec[i, C]
+                osum[no + 1] = osum[no] + batch_rec[i, S]
+                no += 1
             for f in range(nf):
                 rr = res_ms[f]
                 b = (ti - delay_ms[f]) // rr
@@ -226,7 +239,13 @@ def compute_kind_at(
                     x1 = np.searchsorted(pt[:m0], hi, side="left")
                     c = pc[x1] - pc[x0]
                     s = ps[x1] - ps[x0]
-                    first = m0  # the batch's own records are still scanned
+                    first = m0  # the batch's own records: searched too while in time order
+                    if own_sorted:
+                        y0 = np.searchsorted(ot[:no], lo, side="left")
+                        y1 = np.searchsorted(ot[:no], hi, side="left")
+                        c += oc[y1] - oc[y0]
+                        s += osum[y1] - osum[y0]
+                        first = m
                 for t in range(first, m):
                     tr = rec[t, T]
                     if tr >= lo and tr < hi:
@@ -287,7 +306,7 @@ def compact_values(
     is older than any such event. Records merge when they share tier and bucket (a merged
     record keeps the largest ``t``, so its tier is its members'). ``keep_ms`` includes the
     lateness. With ``by_hash`` records merge only with equal ``h``. Returns the new offsets and
-    records (raw ones first, in their order, then the buckets by tier and time).
+    records, each value's in time order.
     """
     k = off.shape[0] - 1
     nz = tier_age.shape[0]
@@ -350,6 +369,14 @@ def compact_values(
                         out[w, col] = rec[r, col]
                     u = w
                     w += 1
+        # in time order: the window kernel then answers sums with running totals, no sort
+        o = new_off[j]
+        if w - o > 1:
+            srt = np.argsort(out[o:w, T], kind="mergesort")
+            tmp = out[o:w].copy()
+            for x in range(w - o):
+                for col in range(7):
+                    out[o + x, col] = tmp[srt[x], col]
         new_off[j + 1] = w
     return new_off, out[:w]
 
