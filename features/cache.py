@@ -26,6 +26,7 @@ from numba import njit, types
 from numba.typed import Dict
 
 from features._types import FloatArray, IntArray
+from features.hashing import HashArray
 
 _START_SLOTS = 1024
 _START_RECORDS = 1 << 16
@@ -37,7 +38,7 @@ class Slots:
     def __init__(self) -> None:
         self.index = Dict.empty(key_type=types.int64, value_type=types.int64)
 
-    def of(self, hashes: IntArray) -> IntArray:
+    def of(self, hashes: HashArray) -> IntArray:
         """Slots of the values with these hashes (new ones are added)."""
         return _slots_of(self.index, np.ascontiguousarray(hashes).view(np.int64))
 

@@ -13,14 +13,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from features._types import FloatArray, IntArray
 
 _MASK52 = (1 << 52) - 1
+#: 64-bit hashes, one per value.
+HashArray = npt.NDArray[np.uint64]
 
 
-def hash64(values: Sequence[str]) -> IntArray:
+def hash64(values: Sequence[str]) -> HashArray:
     """The 64-bit FNV-1a hash of each string (uint64)."""
     n = len(values)
     if n == 0:
@@ -38,6 +41,22 @@ def hash64(values: Sequence[str]) -> IntArray:
     return _fnv1a(data, off)
 
 
+def combine(parts: list[HashArray]) -> HashArray:
+    """One 64-bit hash per row from several (a pair of entity values), order-sensitive."""
+    out = parts[0].astype(np.uint64)
+    for h in parts[1:]:
+        out = _mix(out * np.uint64(0x9E3779B97F4A7C15) ^ h.astype(np.uint64))
+    return out
+
+
+def _mix(x: HashArray) -> HashArray:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: HashArray = x ^ (x >> np.uint64(31))
+    return out
+
+
 def hash52(values: Sequence[str]) -> FloatArray:
     """A 52-bit hash of each string, exact as float64 (for distinct counts in records)."""
     out: FloatArray = (hash64(values) & np.uint64(_MASK52)).astype(np.float64)
@@ -45,7 +64,7 @@ def hash52(values: Sequence[str]) -> FloatArray:
 
 
 @njit(cache=True)
-def _fnv1a(data: Any, off: IntArray) -> IntArray:  # pragma: no cover - compiled
+def _fnv1a(data: Any, off: IntArray) -> HashArray:  # pragma: no cover - compiled
     n = off.shape[0] - 1
     out = np.empty(n, dtype=np.uint64)
     prime = np.uint64(1099511628211)

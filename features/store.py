@@ -88,7 +88,7 @@ from features import cache as kcache
 from features import kernels
 from features._types import BoolArray, FloatArray, IntArray
 from features.cache import KindCache, Slots
-from features.hashing import hash52, hash64
+from features.hashing import HashArray, combine, hash52, hash64
 from features.kernels import AGG_CODES
 from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all, validate_spec
 
@@ -319,21 +319,35 @@ def _as_bytes(x: bytes | str) -> bytes:
     return x.encode("latin-1") if isinstance(x, str) else x
 
 
-def entity_values(spec_entity: str, columns: Mapping[str, Sequence[Any]], n: int) -> list[str]:
-    """Per event the entity value ('' when any part is missing); pairs joined by '|'."""
-    parts = spec_entity.split("+")
-    cols = []
-    for p in parts:
+def _as_strings(col: Sequence[Any]) -> list[str]:
+    """The column as strings, a missing value ('', None, 0) as ''."""
+    vals = col if isinstance(col, list) else list(col)
+    try:
+        "".join(vals)  # all strings already: the common case, checked in C
+    except TypeError:
+        return ["" if not v else str(v) for v in vals]
+    return vals
+
+
+def entity_hashes(
+    spec_entity: str, columns: Mapping[str, Sequence[Any]], n: int
+) -> tuple[HashArray, BoolArray]:
+    """Per event the 64-bit hash of its entity value and whether it has one (pairs: every part).
+
+    A pair's hash combines its parts' hashes (so a pair costs no string per event)."""
+    hashes: list[HashArray] = []
+    present = np.ones(n, dtype=bool)
+    for p in spec_entity.split("+"):
         col = columns.get(p)
         if col is None:
-            return [""] * n
+            return np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=bool)
         if len(col) != n:
             msg = f"field {p!r} has {len(col)} values for {n} events"
             raise ValueError(msg)
-        cols.append(col)
-    if len(cols) == 1:
-        return ["" if not v else str(v) for v in cols[0]]
-    return ["|".join(map(str, vs)) if all(vs) else "" for vs in zip(*cols, strict=True)]
+        vals = _as_strings(col)
+        present &= np.fromiter(map(bool, vals), dtype=bool, count=n)
+        hashes.append(hash64(vals))
+    return (hashes[0] if len(hashes) == 1 else combine(hashes)), present
 
 
 def filter_mask(flt: Filter | None, columns: Mapping[str, Sequence[Any]], n: int) -> BoolArray:
@@ -342,8 +356,7 @@ def filter_mask(flt: Filter | None, columns: Mapping[str, Sequence[Any]], n: int
     col = columns.get(flt.field)
     if col is None:
         return np.zeros(n, dtype=bool)
-    vals = flt.values
-    return np.fromiter((str(v) in vals for v in col), dtype=bool, count=n)
+    return np.fromiter(map(flt.values.__contains__, map(str, col)), dtype=bool, count=n)
 
 
 class RedisFeatureStore:
@@ -559,7 +572,11 @@ class RedisFeatureStore:
         """Whether the server holds records of ``value`` in the kind ``ident`` (e.g.
         ``"t:card_id"``)."""
         k = self._kinds[ident]
-        vh = int(hash64([value])[0])
+        parts = k.entity.split("+")
+        hashes, _ = entity_hashes(
+            k.entity, dict(zip(parts, ([v] for v in value.split("|")), strict=True)), 1
+        )
+        vh = int(hashes[0])
         raw = self.client.get(f"{k.data_prefix}{vh % self.buckets}") or b""
         rec = np.frombuffer(_as_bytes(raw), dtype="<u8").reshape(-1, k.width + 1)
         return bool((rec[:, k.width] == np.uint64(vh)).any())
@@ -674,7 +691,7 @@ class RedisFeatureStore:
             if (k.source == source) or (is_tx and k.source in ("events", "labels"))
         ]
         # ids: first occurrence in the batch, grouped by event-time day
-        ids = [str(e) for e in event_ids]
+        ids = list(map(str, event_ids))
         uindex: dict[str, int] = {}
         uid = np.fromiter((uindex.setdefault(e, len(uindex)) for e in ids), np.int64, count=n)
         nu = len(uindex)
@@ -702,10 +719,9 @@ class RedisFeatureStore:
             if len(scol) != n:
                 msg = f"field {SCOPE_FIELD[source]!r} has {len(scol)} values for {n} events"
                 raise ValueError(msg)
-            sdef = sindex.setdefault
-            scode = np.fromiter(
-                (sdef("" if not v else str(v), len(sindex)) for v in scol), np.int64, count=n
-            )
+            svals = _as_strings(scol)
+            sindex = {v: i for i, v in enumerate(dict.fromkeys(svals))}
+            scode = np.fromiter(map(sindex.__getitem__, svals), np.int64, count=n)
         keys: list[str] = [
             f"{self.prefix}wm:{src}",
             f"{self.prefix}swm:{src}",
@@ -739,9 +755,7 @@ class RedisFeatureStore:
         for k in kinds:
             if k.entity in groups:
                 continue
-            vals = entity_values(k.entity, columns, n)
-            present = np.fromiter(map(bool, vals), dtype=bool, count=n)
-            per_event = hash64(vals)
+            per_event, present = entity_hashes(k.entity, columns, n)
             vh, inv = np.unique(per_event[present], return_inverse=True)
             code = np.full(n, -1, dtype=np.int64)
             code[present] = inv
