@@ -1005,40 +1005,49 @@ class RedisFeatureStore:
             )
             & (cache.epoch[touched] > 0)
         ]
-        for b in due.tolist():
-            slots = cache.slots_in(b)
-            off, rec = cache.gather(slots, k.cols)
-            if k.scoped:
-                # every event that may still be counted for a card has t >= its newest record
-                # - lateness (its scope watermark is at least that) and t >= watermark - skew
-                newest = np.full(len(slots), -(2**62), dtype=np.int64)
-                nrec = np.diff(off)
-                has = nrec > 0
-                newest[has] = np.maximum.reduceat(rec[:, 0], off[:-1][has]).astype(np.int64)
-                floor = wm_now - self.max_skew_seconds * 1000 + k.allowance_ms
-                now = np.maximum(newest, floor)
-            else:
-                now = np.full(len(slots), wm_now, dtype=np.int64)
-            new_off, comp = kernels.compact_values(
-                off,
-                rec,
-                now,
-                k.allowance_ms,
-                k.keep_ms,
-                k.tier_age,
-                k.tier_res,
-                k.distinct is not None,
-                k.source != "labels",
-            )
+        if due.size == 0:
+            return
+        # every due bucket at once: their values grouped by bucket
+        n_slots = len(self._slots[k.entity])
+        live = np.flatnonzero(np.isin(cache.bucket[:n_slots], due) & (cache.cnt[:n_slots] > 0))
+        slots = live[np.argsort(cache.bucket[live], kind="stable")]
+        off, rec = cache.gather(slots, k.cols)
+        if k.scoped:
+            # every event that may still be counted for a card has t >= its newest record
+            # - lateness (its scope watermark is at least that) and t >= watermark - skew
+            newest = np.full(len(slots), -(2**62), dtype=np.int64)
+            has = np.diff(off) > 0
+            newest[has] = np.maximum.reduceat(rec[:, 0], off[:-1][has]).astype(np.int64)
+            floor = wm_now - self.max_skew_seconds * 1000 + k.allowance_ms
+            now = np.maximum(newest, floor)
+        else:
+            now = np.full(len(slots), wm_now, dtype=np.int64)
+        new_off, comp = kernels.compact_values(
+            off,
+            rec,
+            now,
+            k.allowance_ms,
+            k.keep_ms,
+            k.tier_age,
+            k.tier_res,
+            k.distinct is not None,
+            k.source != "labels",
+        )
+        body = np.empty((comp.shape[0], k.width + 1), dtype="<f8")
+        body[:, : k.width] = comp[:, list(k.columns)]
+        body.view("<u8")[:, k.width] = np.repeat(cache.hash[slots], np.diff(new_off))
+        # the rows of each due bucket (its values are adjacent)
+        vb = cache.bucket[slots]
+        bounds = np.searchsorted(vb, due, side="left"), np.searchsorted(vb, due, side="right")
+        rw = 8 * (k.width + 1)
+        for b, v0, v1 in zip(due.tolist(), bounds[0].tolist(), bounds[1].tolist(), strict=True):
+            part = body[new_off[v0] : new_off[v1]]
             length = int(cache.held[b])
-            body = np.empty((comp.shape[0], k.width + 1), dtype="<f8")
-            body[:, : k.width] = comp[:, list(k.columns)]
-            body.view("<u8")[:, k.width] = np.repeat(cache.hash[slots], np.diff(new_off))
-            cache.base[b] = body.nbytes
+            cache.base[b] = part.shape[0] * rw
             # rewrite a bucket only when it at least halves (amortised: appends stay the common
             # case; the TTLs bound what an idle bucket keeps)
-            if length - body.nbytes >= max(self.compact_min_bytes, length // 2):
-                self._pending.setdefault(k.key, {})[b] = (length, body.tobytes())
+            if length - cache.base[b] >= max(self.compact_min_bytes, length // 2):
+                self._pending.setdefault(k.key, {})[b] = (length, part.tobytes())
 
     def _send(self, script: Any, keys: list[str], args: list[Any]) -> _Call:
         """Send EVAL (the script's text, so that no call in flight can meet NOSCRIPT and be

@@ -271,7 +271,10 @@ while p <= #ARGV do
         off = off + cnt * w
       end
       local dk = dpre .. b
-      if not ep then
+      if not ep and #chunk == 0 and known[3 * j - 2] == 0 and known[3 * j - 1] == 0
+          and known[3 * j] == 0 then
+        modes[j] = '1'  -- nothing here, and the caller holds nothing
+      elseif not ep then
         -- no epoch, no records (the epoch outlives them): created by this batch, or nothing
         modes[j] = '0'
         lens[#lens + 1] = '0'
