@@ -134,7 +134,8 @@ class _Kind:
     keep_ms: int = 0
     tier_age: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     tier_res: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
-    data_prefix: str = ""  # + entity value = the key of a value's records
+    data_prefix: str = ""  # + bucket number = the key of a bucket's records
+    _params: tuple[IntArray, IntArray, IntArray, IntArray, IntArray] | None = None
 
     @property
     def width(self) -> int:
@@ -146,6 +147,11 @@ class _Kind:
 
     def params(self) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
         """The kernel's per-feature arrays: aggregation, resolution, buckets, delay, column."""
+        if self._params is None:
+            self._params = self._make_params()
+        return self._params
+
+    def _make_params(self) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
         return (
             np.array([f.agg for f in self.features], dtype=np.int64),
             np.array([f.res_ms for f in self.features], dtype=np.int64),
@@ -692,8 +698,8 @@ class RedisFeatureStore:
         ]
         # ids: first occurrence in the batch, grouped by event-time day
         ids = list(map(str, event_ids))
-        uindex: dict[str, int] = {}
-        uid = np.fromiter((uindex.setdefault(e, len(uindex)) for e in ids), np.int64, count=n)
+        uindex = {e: u for u, e in enumerate(dict.fromkeys(ids))}
+        uid = np.fromiter(map(uindex.__getitem__, ids), np.int64, count=n)
         nu = len(uindex)
         first = np.zeros(n, dtype=bool)
         first_pos = np.full(nu, -1, dtype=np.int64)
@@ -832,8 +838,9 @@ class RedisFeatureStore:
                     if dv is None:
                         m[:] = False
                     else:
-                        m &= np.fromiter((bool(v) for v in dv), dtype=bool, count=n)
-                        hashes[k.key] = hash52([str(v) for v in dv])
+                        dstr = _as_strings(dv)
+                        m &= np.fromiter(map(bool, dstr), dtype=bool, count=n)
+                        hashes[k.key] = hash52(dstr)
                 members[k.key] = m
                 idx = np.flatnonzero(m)
                 rb = np.searchsorted(touched, grp.bucket[code[idx]])
@@ -1009,7 +1016,9 @@ class RedisFeatureStore:
             return
         # every due bucket at once: their values grouped by bucket
         n_slots = len(self._slots[k.entity])
-        live = np.flatnonzero(np.isin(cache.bucket[:n_slots], due) & (cache.cnt[:n_slots] > 0))
+        wanted = np.zeros(self.buckets + 1, dtype=bool)  # index -1 (no bucket) -> False
+        wanted[due] = True
+        live = np.flatnonzero(wanted[cache.bucket[:n_slots]] & (cache.cnt[:n_slots] > 0))
         slots = live[np.argsort(cache.bucket[live], kind="stable")]
         off, rec = cache.gather(slots, k.cols)
         if k.scoped:
