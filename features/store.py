@@ -1002,13 +1002,15 @@ class RedisFeatureStore:
         cache.append(slots, rec7, k.cols)
 
     def _plan_compaction(self, k: _Kind, cache: KindCache, touched: IntArray, wm_now: int) -> None:
-        """Merge/drop the records of the buckets that grew by their size at the last plan (and
-        by ``compact_min_bytes``); the result is written by a later call (compare-and-set on the
-        bucket's epoch) when it at least halves the bucket."""
+        """Merge/drop the records of the buckets that grew by twice their size at the last plan
+        (and by ``compact_min_bytes``): a bucket holds at most about three times its live
+        records, and each record is rewritten a bounded number of times. The result is written
+        by a later call (compare-and-set on the bucket's epoch) when it at least halves the
+        bucket."""
         due = touched[
             (
                 cache.held[touched] - cache.base[touched]
-                >= np.maximum(self.compact_min_bytes, cache.base[touched])
+                >= np.maximum(self.compact_min_bytes, 2 * cache.base[touched])
             )
             & (cache.epoch[touched] > 0)
         ]
