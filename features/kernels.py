@@ -105,7 +105,8 @@ def compute_kind_at(
 ) -> None:  # pragma: no cover - compiled
     """:func:`compute_kind` reading value k's stored records where they are kept:
     ``pre_rec[pre_start[k] : pre_start[k] + pre_cnt[k]]``, column ``c`` being the record
-    column ``pre_cols[c]`` (the others are 0): no copy of a kind's records per batch."""
+    column ``pre_cols[c]``: no copy of a kind's records per batch. The other columns are not
+    read: they must not be needed by the features (a kind stores what its features use)."""
     n = code.shape[0]
     nf = agg.shape[0]
     summable = False  # count, sum, mean and ratio add up: running totals answer them
@@ -125,7 +126,7 @@ def compute_kind_at(
         if k >= 0 and pre_cnt[k] + q - p > most:
             most = pre_cnt[k] + q - p
         p = q
-    buf = np.empty((most, 7))
+    buf = np.zeros((most, 7))
     pt = np.empty(most)
     pc = np.zeros(most + 1)
     ps = np.zeros(most + 1)
@@ -150,9 +151,7 @@ def compute_kind_at(
         m0 = pre_cnt[k]
         rec = buf
         w = pre_cols.shape[0]
-        for t in range(m0):
-            for col in range(7):
-                rec[t, col] = 0.0
+        for t in range(m0):  # only the stored columns: the kind's features read no others
             for col in range(w):
                 rec[t, pre_cols[col]] = pre_rec[a + t, col]
         m = m0
