@@ -91,11 +91,6 @@ class KindCache:
             new[:n] = old
             setattr(self, name, new)
 
-    def slots_in(self, bucket: int) -> IntArray:
-        """The slots of the values of ``bucket`` that hold records."""
-        found: IntArray = np.flatnonzero((self.bucket == bucket) & (self.cnt > 0))
-        return found
-
     def clear(self, bucket: int) -> None:
         """Drop every record of ``bucket`` (before its whole content is loaded again)."""
         if self.held[bucket] > 0:

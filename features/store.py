@@ -2,34 +2,39 @@
 
 Redis layout (``prefix`` defaults to ``"rs:"``):
 
-* ``{prefix}k:{kind}`` -- one hash per *kind* (a record stream: source, entity, optional
-  filter, optional distinct field; e.g. ``rs:k:t:card_id``, ``rs:k:t:card_id:channel=ecom``,
-  ``rs:k:t:card_id:d=merchant_id``, ``rs:k:l:merchant_id`` for fraud labels). Field = the entity
-  value (``tok_123``; pairs joined by ``|``), value = an 8-byte header (a generation number) and
-  fixed-width little-endian float64 records (``t``, ``c`` and the columns the kind's features need,
-  see :mod:`features.kernels`). New events are *appended* by the script (no read-modify-write of
-  numbers, no pruning scan); Python merges records that are older than the finest window into the
-  coarser buckets that are still needed and drops the expired ones (``compact``), and writes that
-  back on its next call with a compare-and-set on the header, so that concurrent appends by other
-  workers are kept. Every written field gets a TTL (``HEXPIRE``) of the kind's horizon (longest
-  window + delay + resolution + allowed lateness): an idle entity disappears.
+* ``{prefix}b:{digest}:{bucket}`` -- a *kind*'s records (a kind is a record stream: source,
+  entity, optional filter, optional distinct field; e.g. ``t:card_id``,
+  ``t:card_id:channel=ecom``, ``t:card_id:d=merchant_id``, ``l:merchant_id`` for fraud labels).
+  An entity value (``tok_123``; pairs of fields combine their parts) belongs to bucket
+  ``hash64(value) mod buckets`` (default 64 buckets per kind, :mod:`features.hashing`); a bucket
+  is one string of fixed-width little-endian float64 records (``t``, ``c`` and the columns the
+  kind's features need, see :mod:`features.kernels`), each ending with its value's 64-bit hash.
+  The script only *appends* (``APPEND``: it never copies what it extends, and never does
+  per-value work). ``digest`` names the kind and the bucket count.
+* ``{prefix}e:{kind}`` -- per bucket its *epoch*: random when the bucket is created, bumped when a
+  compaction rewrites it. The worker keeps a copy of the buckets it reads
+  (:mod:`features.cache`) and sends, per bucket of the batch, the epoch and the bytes it holds
+  (and the bytes its batches still in flight append): the reply carries nothing for a current
+  copy, only the bytes appended since by others for a copy that is behind, and the whole bucket
+  after a rewrite. Another worker, the labels script or a flushed database can never make the
+  worker use a stale copy. The epoch outlives the records (its TTL is renewed with theirs and on
+  every write), so no epoch means no records.
+* Compaction: Python merges records that are older than the finest window into the coarser buckets
+  that are still needed and drops the ones no window can see any more (idle values included), for
+  a whole bucket once it grew by twice its size at the last plan, and writes it back on a later
+  call with a compare-and-set on the epoch (appends since are kept). Bucket keys get a TTL of the
+  kind's horizon (longest window + delay + resolution + allowed lateness) as a wall-clock
+  backstop, renewed by the worker every eighth of it.
 * ``{prefix}seen:{t|e}:{day}`` -- per event-time day (UTC), field = event id: the event was applied
-  (idempotency); for transactions the value is what label features need (its time and entity
-  values). Deleted in *event time*: once the watermark has passed the end of the day by more
-  than the retention (transactions: the longest reach of a label feature plus ``max_skew``, at
-  least ``max_skew``; account events: ``max_skew``), so a fast replay of months keeps only the
-  days that can still matter. ``seen_ttl_seconds`` (wall clock) is a backstop.
+  (idempotency); for transactions the value is what label features need (its time, and the
+  bucket and hash of its value of each label kind's entity). Deleted in *event time*: once the
+  watermark has passed the end of the day by more than the retention (transactions: the longest
+  reach of a label feature plus ``max_skew``, at least ``max_skew``; account events:
+  ``max_skew``), so a fast replay of months keeps only the days that can still matter.
+  ``seen_ttl_seconds`` (wall clock) is a backstop.
 * ``{prefix}lseen:{day}`` -- labels already applied, per label day; deleted with the transaction
   days they may refer to.
 * ``{prefix}days:{t|e}`` -- sorted set indexing those day hashes by the time they may go.
-* ``{prefix}idx:{t|e}:{entity}`` -- sorted set of the entity's values by their newest event time:
-  a value whose newest event is more than the longest reach of its kinds behind the earliest time
-  a countable event may have -- the global watermark - ``max_skew``, or the batch's own earliest
-  countable (or redelivered) event if that is earlier: a batch may span more than ``max_skew`` --
-  can no longer be in any window of a countable event, and its fields are deleted from those kinds
-  (event-time expiry of idle entities; at most 500 per entity and batch). A new field starts
-  with a random generation header, so that a compaction planned before such a deletion never
-  applies to the value created again.
 * ``{prefix}wm:{t|e}`` -- the global watermark: the largest event time counted so far (per source).
 * ``{prefix}swm:{t|e}`` -- the scope watermarks: per *scope* value (the partition key of the topic:
   ``card_id`` for transactions, ``customer_id`` for account events), the largest event time
@@ -51,9 +56,9 @@ Every other event is applied where it belongs and every value is exact (equal to
 whose entity contains the scope field (card, card x merchant) are merged/dropped relative to that
 card's own watermark and the lateness; those of the other kinds (merchant, customer, device, ip,
 labels), which receive events from every partition, relative to the global watermark and
-``max_skew``. Entity state is thus bounded in event time (records older than the kind's reach plus
-lateness or skew are dropped when the value is next written, idle values are deleted through the
-``idx`` sets); field TTLs (wall clock) are a backstop.
+``max_skew``. Entity state is thus bounded in event time: records older than the kind's reach plus
+lateness or skew leave their bucket at its next compaction (an idle card is judged against the
+global watermark - ``max_skew``); key TTLs (wall clock) are a backstop.
 
 Per batch, :meth:`RedisFeatureStore.update_batch` makes exactly one ``EVALSHA`` (re-loaded
 transparently after ``NOSCRIPT``, e.g. after a restart or ``SCRIPT FLUSH``); the script is atomic,
@@ -373,7 +378,9 @@ class RedisFeatureStore:
     may lag behind the global watermark (partitions progressing unevenly); default one day, at
     least the lateness. ``seen_ttl_seconds``: wall-clock backstop for how long event ids are
     remembered (and label look-ups possible); at least the longest reach (window + delay) plus
-    the lateness. See the module docstring.
+    the lateness. ``buckets``: buckets per kind (all workers of a deployment must agree; a
+    bucket should hold a few hundred entity values: a worker that has not read it yet reads it
+    whole). ``compact_min_bytes``: a bucket is not rewritten for less. See the module docstring.
     """
 
     def __init__(
