@@ -103,7 +103,7 @@ DEFAULT_MAX_SKEW_SECONDS = 86400
 #: The partition key of each source's topic: lateness is judged per value of this field.
 SCOPE_FIELD = {"transactions": "card_id", "events": "customer_id"}
 #: Fewest bytes a compaction must remove from a bucket to be written back (a bucket's garbage
-#: stays below this or its live size, so at most this much per bucket beyond twice the live).
+#: stays below this or twice its live size).
 COMPACT_MIN_BYTES = 8192
 _COLS = ("t", "c", "s", "q", "mn", "mx", "h")
 T = TypeVar("T")
@@ -193,7 +193,7 @@ class _Group:
     64-bit hash, cache slot and bucket."""
 
     code: IntArray
-    hashes: Any
+    hashes: HashArray
     slots: IntArray
     bucket: IntArray
 
@@ -321,8 +321,8 @@ class Pending(Generic[T]):
 
 
 def _new_epoch() -> str:
-    """Epoch of a value created by a call: random, so that a copy of a value that was deleted
-    (idle, expired, flushed) and created again never passes for current."""
+    """Epoch of a bucket created by a call: random, so that a copy of a bucket that was deleted
+    (expired, flushed) and created again never passes for current."""
     return str((1 << 50) + secrets.randbits(49))
 
 
@@ -560,7 +560,7 @@ class RedisFeatureStore:
         return tuple(sorted(out))
 
     def kind_keys(self) -> dict[str, str]:
-        """Redis hash of each kind, by kind id."""
+        """The epoch hash of each kind (its buckets: ``memory_usage``), by kind id."""
         return {ident: k.key for ident, k in self._kinds.items()}
 
     def memory_usage(self) -> dict[str, tuple[int, int]]:
