@@ -9,6 +9,7 @@ batches, after a warm-up that is not timed, and reports events/s and round trips
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import redis
@@ -141,17 +142,19 @@ def handbook_memory(
     nb_days: int = 183,
     batch_size: int = 1000,
     label_delay_days: int = 7,
+    **store_options: Any,
 ) -> dict[str, float]:
     """Feed ``replay.handbook.simulate_handbook(seed)`` (5,000 cards, 10,000 merchants) through
     the store with the default spec (labels ``label_delay_days`` after each transaction, merged in
-    event time) on a flushed database; report ``MEMORY USAGE`` per kind and per entity."""
+    event time) on a flushed database; report ``MEMORY USAGE`` per kind and per entity.
+    ``store_options`` go to :class:`RedisFeatureStore` (e.g. ``compact_growth=1``)."""
     import time
 
     from replay.handbook import simulate_handbook
 
     client.flushdb()
     df = simulate_handbook(seed, nb_days=nb_days)
-    store = RedisFeatureStore(client)
+    store = RedisFeatureStore(client, **store_options)
     store.warm_up()
     n = len(df)
     ids = df["event_id"].astype(str).tolist()

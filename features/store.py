@@ -21,10 +21,10 @@ Redis layout (``prefix`` defaults to ``"rs:"``):
   every write), so no epoch means no records.
 * Compaction: Python merges records that are older than the finest window into the coarser buckets
   that are still needed and drops the ones no window can see any more (idle values included), for
-  a whole bucket once it grew by twice its size at the last plan, and writes it back on a later
-  call with a compare-and-set on the epoch (appends since are kept). Bucket keys get a TTL of the
-  kind's horizon (longest window + delay + resolution + allowed lateness) as a wall-clock
-  backstop, renewed by the worker every eighth of it.
+  a whole bucket once it grew by ``compact_growth`` (2) times its size at the last plan, and
+  writes it back on a later call with a compare-and-set on the epoch (appends since are kept).
+  Bucket keys get a TTL of the kind's horizon (longest window + delay + resolution + allowed
+  lateness) as a wall-clock backstop, renewed by the worker every eighth of it.
 * ``{prefix}seen:{t|e}:{day}`` -- per event-time day (UTC), field = event id: the event was applied
   (idempotency); for transactions the value is what label features need (its time, and the
   bucket and hash of its value of each label kind's entity). Deleted in *event time*: once the
@@ -380,7 +380,10 @@ class RedisFeatureStore:
     remembered (and label look-ups possible); at least the longest reach (window + delay) plus
     the lateness. ``buckets``: buckets per kind (all workers of a deployment must agree; a
     bucket should hold a few hundred entity values: a worker that has not read it yet reads it
-    whole). ``compact_min_bytes``: a bucket is not rewritten for less. See the module docstring.
+    whole). ``compact_min_bytes``: a bucket is not rewritten for less. ``compact_growth``: a
+    bucket is compacted once it grew by this many times its size after the last compaction
+    (memory against compaction work: 1 keeps buckets under twice their live size, the default
+    2 under three times, with about half the compaction work). See the module docstring.
     """
 
     def __init__(
@@ -394,6 +397,7 @@ class RedisFeatureStore:
         max_skew_seconds: int | None = None,
         buckets: int = 64,
         compact_min_bytes: int = COMPACT_MIN_BYTES,
+        compact_growth: float = 2.0,
     ) -> None:
         self.spec = validate_spec(spec)
         if buckets < 1:
@@ -401,6 +405,10 @@ class RedisFeatureStore:
             raise ValueError(msg)
         self.buckets = int(buckets)
         self.compact_min_bytes = int(compact_min_bytes)
+        if compact_growth <= 0:
+            msg = f"compact_growth={compact_growth} must be > 0"
+            raise ValueError(msg)
+        self.compact_growth = float(compact_growth)
         if not prefix or any(c.isspace() for c in prefix):
             msg = f"prefix {prefix!r} must be non-empty and without whitespace"
             raise ValueError(msg)
@@ -1009,15 +1017,15 @@ class RedisFeatureStore:
         cache.append(slots, rec7, k.cols)
 
     def _plan_compaction(self, k: _Kind, cache: KindCache, touched: IntArray, wm_now: int) -> None:
-        """Merge/drop the records of the buckets that grew by twice their size at the last plan
-        (and by ``compact_min_bytes``): a bucket holds at most about three times its live
-        records, and each record is rewritten a bounded number of times. The result is written
-        by a later call (compare-and-set on the bucket's epoch) when it at least halves the
-        bucket."""
+        """Merge/drop the records of the buckets that grew by ``compact_growth`` times their size
+        at the last plan (and by ``compact_min_bytes``): a bucket holds at most about
+        1 + ``compact_growth`` times its live records, and each record is rewritten a bounded
+        number of times. The result is written by a later call (compare-and-set on the bucket's
+        epoch) when it at least halves the bucket."""
         due = touched[
             (
                 cache.held[touched] - cache.base[touched]
-                >= np.maximum(self.compact_min_bytes, 2 * cache.base[touched])
+                >= np.maximum(self.compact_min_bytes, self.compact_growth * cache.base[touched])
             )
             & (cache.epoch[touched] > 0)
         ]
