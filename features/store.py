@@ -383,7 +383,9 @@ class RedisFeatureStore:
     whole). ``compact_min_bytes``: a bucket is not rewritten for less. ``compact_growth``: a
     bucket is compacted once it grew by this many times its size after the last compaction
     (memory against compaction work: 1 keeps buckets under twice their live size, the default
-    2 under three times, with about half the compaction work). See the module docstring.
+    2 under three times, with about half the compaction work). ``cache_max_values``: entity
+    values the worker's copy indexes per entity before it starts afresh (between batches, when
+    none is in flight). See the module docstring.
     """
 
     def __init__(
@@ -398,6 +400,7 @@ class RedisFeatureStore:
         buckets: int = 64,
         compact_min_bytes: int = COMPACT_MIN_BYTES,
         compact_growth: float = 2.0,
+        cache_max_values: int = 4_000_000,
     ) -> None:
         self.spec = validate_spec(spec)
         if buckets < 1:
@@ -454,9 +457,12 @@ class RedisFeatureStore:
         self._labels = client.register_script(_script_source("labels.lua"))
         # compactions planned, by kind key: bucket -> (bytes planned over, new records)
         self._pending: dict[str, dict[int, tuple[int, bytes]]] = {}
-        self._slots = {k.entity: Slots() for k in self._kinds.values()}
-        self._caches = {k.key: KindCache(k.width, buckets) for k in self._kinds.values()}
+        self.cache_max_values = int(cache_max_values)
+        self._slots: dict[str, Slots] = {}
+        self._caches: dict[str, KindCache] = {}
+        self._forget_copy()
         self._batches = 0
+        self._open = 0  # batches prepared and not yet finished (or failed)
         self._inflight: deque[_Call] = deque()
         self._conn: Any = None
         self._script_bulk: dict[str, bytes] = {}  # EVAL's script argument, packed once
@@ -675,11 +681,18 @@ class RedisFeatureStore:
             raise
         return self._finish(prep, reply)
 
+    def _forget_copy(self) -> None:
+        """Start the worker's copy of the buckets afresh (each is read whole when next seen)."""
+        self._slots = {k.entity: Slots() for k in self._kinds.values()}
+        self._caches = {k.key: KindCache(k.width, self.buckets) for k in self._kinds.values()}
+        self._pending = {}
+
     def _release(self, prep: _Prepared) -> None:
         """The batch's appends are no longer in flight (applied and read, or failed)."""
         if prep.released:
             return
         prep.released = True
+        self._open -= 1
         for key, sent in prep.sent.items():
             cache = self._caches[key]
             cache.inflight[sent.touched] = np.maximum(cache.inflight[sent.touched] - sent.own, 0)
@@ -769,7 +782,11 @@ class RedisFeatureStore:
             " ".join(str(int(d)) for d in days.tolist()),
         ]
         args += [*_packed(list(sindex)), *_packed(sorted_ids)]
-        # entity groups: the batch's values of each entity, their hashes, slots and buckets
+        # entity groups: the batch's values of each entity, their hashes, slots and buckets. The
+        # copy's index of values only grows: past cache_max_values it starts afresh, when no
+        # batch is in flight (between live batches; a replay with batches ahead never stops)
+        if self._open == 0 and any(len(x) > self.cache_max_values for x in self._slots.values()):
+            self._forget_copy()
         self._batches += 1
         batch = self._batches
         groups: dict[str, _Group] = {}
@@ -880,6 +897,7 @@ class RedisFeatureStore:
             for comp in comps:
                 args += comp
             sent[k.key] = _Sent(touched, held, inflight, own, rec_bucket, rec_event)
+        self._open += 1
         return _Prepared(
             source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, batch, sent
         )

@@ -171,3 +171,19 @@ def test_concurrent_workers_lose_no_increment(redis_url: str) -> None:
         total += x[0, 0] - 1
     assert total == n_threads * per_thread
     client.close()
+
+
+def test_worker_copy_starts_afresh_past_its_value_cap(redis_client: redis.Redis) -> None:
+    """Past cache_max_values the worker's copy is dropped between batches and read again
+    whole: the features do not change."""
+    spec = (FeatureSpec.of("card_id", "count", 86400, 600),)
+    capped = RedisFeatureStore(redis_client, spec, prefix="cap:", cache_max_values=3)
+    free = RedisFeatureStore(redis_client, spec, prefix="free:")
+    for b in range(4):
+        ids = [f"e{b}_{i}" for i in range(4)]
+        ts = np.full(4, 1_767_225_600_000 + b * 60_000, dtype=np.int64)
+        cards = {"card_id": [f"c{(b + i) % 6}" for i in range(4)]}
+        got = capped.update_batch(ids, ts, np.ones(4), cards)
+        want = free.update_batch(ids, ts, np.ones(4), cards)
+        assert got.tolist() == want.tolist()
+        assert len(capped._slots["card_id"]) <= 4  # noqa: SLF001 (the cap at work)
