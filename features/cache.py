@@ -100,17 +100,6 @@ class KindCache:
         """Records of each value (7 columns), by value."""
         return _gather(slots, cols, self.start, self.cnt, self.pool)
 
-    def store(self, slots: IntArray, post_off: IntArray, post: FloatArray, cols: IntArray) -> None:
-        """Keep each value's records (7 columns in, the kind's columns kept)."""
-        while True:
-            top = _store(
-                slots, post_off, post, cols, self.start, self.cnt, self.cap, self.pool, self.top
-            )
-            if top >= 0:
-                self.top = top
-                return
-            self._repack(int(post_off[-1]))
-
     def add_batch(
         self, slots: IntArray, code: IntArray, counted: IntArray, batch7: FloatArray, cols: IntArray
     ) -> None:
@@ -147,9 +136,7 @@ class KindCache:
         if slots.size == 0:
             return
         uniq, code = np.unique(slots, return_inverse=True)
-        pre_off, pre = self.gather(uniq, cols)
-        post_off, post = merge_post(pre_off, pre, code, np.ones(slots.size, np.int64), rec7)
-        self.store(uniq, post_off, post, cols)
+        self.add_batch(uniq, code.astype(np.int64), np.ones(slots.size, np.int64), rec7, cols)
 
 
 @njit(cache=True)
@@ -170,44 +157,6 @@ def _gather(
             for c in range(w):
                 out[o + t, cols[c]] = pool[a + t, c]
     return off, out
-
-
-@njit(cache=True)
-def _store(
-    slots: IntArray,
-    post_off: IntArray,
-    post: FloatArray,
-    cols: IntArray,
-    start: IntArray,
-    cnt: IntArray,
-    cap: IntArray,
-    pool: FloatArray,
-    top: int,
-) -> int:  # pragma: no cover - compiled
-    """Write each value's records in place or in a new block at ``top``; -1 if the pool is full
-    (nothing written)."""
-    need = top
-    for j in range(slots.shape[0]):
-        m = post_off[j + 1] - post_off[j]
-        if m > cap[slots[j]]:
-            need += max(4, 2 * m)
-    if need > pool.shape[0]:
-        return -1
-    w = cols.shape[0]
-    for j in range(slots.shape[0]):
-        s = slots[j]
-        a = post_off[j]
-        m = post_off[j + 1] - a
-        if m > cap[s]:
-            start[s] = top
-            cap[s] = max(4, 2 * m)
-            top += cap[s]
-        b = start[s]
-        for t in range(m):
-            for c in range(w):
-                pool[b + t, c] = post[a + t, cols[c]]
-        cnt[s] = m
-    return top
 
 
 @njit(cache=True)
@@ -279,38 +228,6 @@ def _repack(
         cap[s] = room
         top += room
     return out, top
-
-
-@njit(cache=True)
-def merge_post(
-    pre_off: IntArray, pre: FloatArray, code: IntArray, counted: IntArray, batch: FloatArray
-) -> tuple[IntArray, FloatArray]:  # pragma: no cover - compiled
-    """Each value's records after the batch: its pre-batch records, then the batch's counted
-    records of that value in event order (7 columns)."""
-    k = pre_off.shape[0] - 1
-    add = np.zeros(k, np.int64)
-    for i in range(code.shape[0]):
-        if counted[i] and code[i] >= 0:
-            add[code[i]] += 1
-    off = np.zeros(k + 1, np.int64)
-    for j in range(k):
-        off[j + 1] = off[j] + pre_off[j + 1] - pre_off[j] + add[j]
-    out = np.empty((off[k], 7))
-    fill = np.zeros(k, np.int64)
-    for j in range(k):
-        a = pre_off[j]
-        m = pre_off[j + 1] - a
-        for t in range(m):
-            for c in range(7):
-                out[off[j] + t, c] = pre[a + t, c]
-        fill[j] = off[j] + m
-    for i in range(code.shape[0]):
-        j = code[i]
-        if counted[i] and j >= 0:
-            for c in range(7):
-                out[fill[j], c] = batch[i, c]
-            fill[j] += 1
-    return off, out
 
 
 def warm_up() -> None:
