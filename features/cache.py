@@ -105,6 +105,7 @@ class KindCache:
     ) -> None:
         """Append the batch's counted records (event ``i`` to value ``code[i]``, in event order)
         after each value's own, in place where there is room."""
+        tries = 0
         while True:
             top = _add_batch(
                 slots,
@@ -121,14 +122,19 @@ class KindCache:
             if top >= 0:
                 self.top = top
                 return
-            self._repack(int(counted.sum()))
+            self._repack(4 * (int(counted.sum()) + slots.size), grow=tries > 0)
+            tries += 1
 
-    def _repack(self, incoming: int) -> None:
+    def _repack(self, incoming: int, grow: bool = False) -> None:
+        """Move the blocks together into a pool with room for ``incoming`` more records (at
+        least twice the old pool when ``grow``: a retry always makes progress)."""
         used = self.cnt[self.cnt > 0]
-        need = int(np.maximum(4, 2 * used).sum()) + 2 * incoming + _START_RECORDS
+        need = int(np.maximum(4, 2 * used).sum()) + incoming + _START_RECORDS
         size = _START_RECORDS
         while size < need:
             size *= 2
+        if grow:
+            size = max(size, 2 * self.pool.shape[0])
         self.pool, self.top = _repack(self.start, self.cnt, self.cap, self.pool, size)
 
     def append(self, slots: IntArray, rec7: FloatArray, cols: IntArray) -> None:

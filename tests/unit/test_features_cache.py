@@ -64,3 +64,13 @@ def test_clear_drops_only_that_bucket() -> None:
     cache.held[:] = 32
     cache.clear(0)
     assert cache.cnt[:2].tolist() == [0, 1]
+
+
+def test_many_new_small_values_at_once_fit() -> None:
+    """A bucket loaded whole can bring tens of thousands of values of one record each."""
+    cache = KindCache(3, 1)
+    n = 70_000  # four records of room each: more than the old sizing gave (it looped)
+    cache.ensure(n)
+    cache.append(np.arange(n, dtype=np.int64), rows([float(i) for i in range(n)]), COLS)
+    off, got = cache.gather(np.array([0, n - 1], dtype=np.int64), COLS)
+    assert got[:, 0].tolist() == [0.0, float(n - 1)]
