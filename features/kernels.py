@@ -45,48 +45,8 @@ AGG_CODES = {
 T, C, S, Q, MN, MX, HH = 0, 1, 2, 3, 4, 5, 6
 
 
-def compute_kind(
-    code: IntArray,
-    counted: IntArray,
-    ts: IntArray,
-    amount: FloatArray,
-    batch_rec: FloatArray,
-    pre_off: IntArray,
-    pre_rec: FloatArray,
-    agg: IntArray,
-    res_ms: IntArray,
-    nb: IntArray,
-    delay_ms: IntArray,
-    outcol: IntArray,
-    out: FloatArray,
-) -> None:
-    """Fill ``out[:, outcol[f]]`` for the features ``f`` of one kind.
-
-    code[i]: entity value number 0..K-1 (-1 missing -> NaN); counted[i]: 1 if event i adds its
-    record ``batch_rec[i]`` (7 columns) to this kind; ``pre_rec[pre_off[k]:pre_off[k+1]]``: value
-    k's stored records (7 columns).
-    """
-    compute_kind_at(
-        code,
-        counted,
-        ts,
-        amount,
-        batch_rec,
-        np.ascontiguousarray(pre_off[:-1]),
-        np.diff(pre_off),
-        pre_rec,
-        np.arange(7, dtype=np.int64),
-        agg,
-        res_ms,
-        nb,
-        delay_ms,
-        outcol,
-        out,
-    )
-
-
 @njit(cache=True)
-def compute_kind_at(
+def compute_kind(
     code: IntArray,
     counted: IntArray,
     ts: IntArray,
@@ -103,10 +63,14 @@ def compute_kind_at(
     outcol: IntArray,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
-    """:func:`compute_kind` reading value k's stored records where they are kept:
-    ``pre_rec[pre_start[k] : pre_start[k] + pre_cnt[k]]``, column ``c`` being the record
-    column ``pre_cols[c]``: no copy of a kind's records per batch. The other columns are not
-    read: they must not be needed by the features (a kind stores what its features use)."""
+    """Fill ``out[:, outcol[f]]`` for the features ``f`` of one kind.
+
+    code[i]: entity value number 0..K-1 (-1 missing -> NaN); counted[i]: 1 if event i adds its
+    record ``batch_rec[i]`` (7 columns) to this kind. Value k's stored records are read where
+    they are kept (no copy per batch): ``pre_rec[pre_start[k] : pre_start[k] + pre_cnt[k]]``,
+    column ``c`` being the record column ``pre_cols[c]``. The other columns are not read: a kind
+    stores what its features use.
+    """
     n = code.shape[0]
     nf = agg.shape[0]
     summable = False  # count, sum, mean and ratio add up: running totals answer them
@@ -410,8 +374,10 @@ def warm_up() -> None:
         np.array([3000, 3000], dtype=np.int64),
         np.array([1.0, 2.0]),
         rec.copy(),
-        np.array([0, 2], dtype=np.int64),
+        np.array([0], dtype=np.int64),
+        np.array([2], dtype=np.int64),
         rec,
+        np.arange(7, dtype=np.int64),
         np.arange(10, dtype=np.int64),
         np.full(10, 60_000, dtype=np.int64),
         np.full(10, 60, dtype=np.int64),

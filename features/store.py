@@ -944,7 +944,7 @@ class RedisFeatureStore:
                 batch7 = rec7.copy()
                 batch7[:, 6] = hashes[k.key]
             if work is not None and k.features:
-                kernels.compute_kind_at(
+                kernels.compute_kind(
                     grp.code,
                     cnt.astype(np.int64),
                     ts,

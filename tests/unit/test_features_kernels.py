@@ -88,8 +88,10 @@ def test_kernel_windows_and_aggregates() -> None:
         np.array([T0 + 150_000], dtype=np.int64),
         np.array([20.0]),
         batch,
-        np.array([0, 2], dtype=np.int64),
+        np.array([0], dtype=np.int64),
+        np.array([2], dtype=np.int64),
         pre,
+        np.arange(7, dtype=np.int64),
         np.array([AGG_CODES[a] for a in aggs], dtype=np.int64),
         np.full(len(aggs), 60_000, dtype=np.int64),
         np.full(len(aggs), 2, dtype=np.int64),  # 2-minute window: buckets [T0+60s, T0+180s)
