@@ -62,8 +62,6 @@ class KindCache:
     """One kind's copy: records by value slot, and per bucket what of it is held."""
 
     def __init__(self, width: int, buckets: int) -> None:
-        self.width = width
-        self.buckets = buckets
         n = _START_SLOTS
         self.start = np.zeros(n, np.int64)
         self.cnt = np.zeros(n, np.int64)
@@ -91,10 +89,11 @@ class KindCache:
             new[:n] = old
             setattr(self, name, new)
 
-    def clear(self, bucket: int) -> None:
-        """Drop every record of ``bucket`` (before its whole content is loaded again)."""
-        if self.held[bucket] > 0:
-            self.cnt[self.bucket == bucket] = 0
+    def clear(self, buckets: IntArray) -> None:
+        """Drop every record of these buckets (before their whole content is loaded again)."""
+        held = buckets[self.held[buckets] > 0]
+        if held.size:
+            self.cnt[np.isin(self.bucket, held)] = 0
 
     def gather(self, slots: IntArray, cols: IntArray) -> tuple[IntArray, FloatArray]:
         """Records of each value (7 columns), by value."""
@@ -243,11 +242,4 @@ def warm_up() -> None:
     cache.ensure(2)
     cols = np.array([0, 1], dtype=np.int64)
     cache.append(np.array([0, 1, 0], dtype=np.int64), np.zeros((3, 7)), cols)
-    cache.add_batch(
-        np.array([0, 1], dtype=np.int64),
-        np.array([1, 0], dtype=np.int64),
-        np.ones(2, np.int64),
-        np.zeros((2, 7)),
-        cols,
-    )
     cache.pool, cache.top = _repack(cache.start, cache.cnt, cache.cap, cache.pool, 1 << 10)

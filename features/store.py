@@ -190,12 +190,13 @@ class _Prepared:
 @dataclass
 class _Group:
     """A batch's values of one entity: per event its value number (-1: none); per value its
-    64-bit hash, cache slot and bucket."""
+    64-bit hash, cache slot and bucket; the buckets the batch touches."""
 
     code: IntArray
     hashes: HashArray
     slots: IntArray
     bucket: IntArray
+    touched: IntArray
 
 
 @dataclass
@@ -797,8 +798,9 @@ class RedisFeatureStore:
             vh, inv = np.unique(per_event[present], return_inverse=True)
             code = np.full(n, -1, dtype=np.int64)
             code[present] = inv
+            bucket = (vh % self.buckets).astype(np.int64)
             groups[k.entity] = _Group(
-                code, vh, self._slots[k.entity].of(vh), (vh % self.buckets).astype(np.int64)
+                code, vh, self._slots[k.entity].of(vh), bucket, np.unique(bucket)
             )
         if is_tx and self._label_kinds:
             # what a label needs to find its transaction's buckets: time, then per label kind
@@ -838,7 +840,7 @@ class RedisFeatureStore:
             cache.ensure(len(self._slots[k.entity]))
             cache.bucket[grp.slots] = grp.bucket
             cache.hash[grp.slots] = grp.hashes
-            touched = np.unique(grp.bucket)
+            touched = grp.touched
             write = k.source == source
             comps = self._compactions(k, cache, batch)
             # per bucket the epoch and the bytes this copy holds (epoch 0: none, the server
@@ -932,13 +934,14 @@ class RedisFeatureStore:
         wm_pre = int(_as_bytes(reply[1]))
         wm_now = max(wm_pre, int(ts[counted].max())) if counted.any() else wm_pre
         work = np.empty((n, self._n_work), dtype=np.float64) if is_tx else None
+        no_records = np.zeros(n, dtype=np.int64)
         for j, k in enumerate(kinds):
             grp = groups[k.entity]
             cache = self._caches[k.key]
             cols = k.cols
             sent = prep.sent[k.key]
             self._catch_up(k, cache, sent, reply[3 + 4 * j : 7 + 4 * j], prep.batch)
-            cnt = (counted & members[k.key]) if k.key in members else np.zeros(n, dtype=bool)
+            cnt = (counted & members[k.key]).astype(np.int64) if k.key in members else no_records
             batch7 = rec7
             if k.key in hashes:
                 batch7 = rec7.copy()
@@ -946,7 +949,7 @@ class RedisFeatureStore:
             if work is not None and k.features:
                 kernels.compute_kind(
                     grp.code,
-                    cnt.astype(np.int64),
+                    cnt,
                     ts,
                     amt,
                     batch7,
@@ -961,7 +964,7 @@ class RedisFeatureStore:
                 continue
             written = k.source == source
             if written:
-                cache.add_batch(grp.slots, grp.code, cnt.astype(np.int64), batch7, cols)
+                cache.add_batch(grp.slots, grp.code, cnt, batch7, cols)
                 kept = counted[sent.rec_event]
                 own = np.bincount(sent.rec_bucket[kept], minlength=len(sent.touched))
                 cache.held[sent.touched] += own * (8 * (k.width + 1))
@@ -1004,8 +1007,7 @@ class RedisFeatureStore:
         if whole.any():
             epochs = np.array(_as_bytes(part[3]).split(), dtype=np.float64)
             wb = buckets[whole]
-            for b in wb.tolist():
-                cache.clear(b)
+            cache.clear(wb)
             fresh = batch >= cache.rewrite_at[wb]
             cache.epoch[wb[fresh]] = epochs[fresh]
         # buckets behind: the reply starts where this batch's copy ended when it was sent; the

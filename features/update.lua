@@ -68,7 +68,6 @@ end
 
 local DAY = 86400000
 local n = tonumber(ARGV[1])
-local nu = tonumber(ARGV[2])
 local nd = tonumber(ARGV[3])
 local late_ms = tonumber(ARGV[4])
 local seen_ttl = ARGV[5]

@@ -62,7 +62,7 @@ def test_clear_drops_only_that_bucket() -> None:
     cache.bucket[:2] = [0, 1]
     cache.append(np.array([0, 1], dtype=np.int64), rows([1.0, 2.0]), COLS)
     cache.held[:] = 32
-    cache.clear(0)
+    cache.clear(np.array([0], dtype=np.int64))
     assert cache.cnt[:2].tolist() == [0, 1]
 
 
