@@ -57,9 +57,9 @@ def _mix(x: HashArray) -> HashArray:
     return out
 
 
-def hash52(values: Sequence[str]) -> FloatArray:
-    """A 52-bit hash of each string, exact as float64 (for distinct counts in records)."""
-    out: FloatArray = (hash64(values) & np.uint64(_MASK52)).astype(np.float64)
+def low52(hashes: HashArray) -> FloatArray:
+    """The low 52 bits of each hash, exact as float64 (for distinct counts in records)."""
+    out: FloatArray = (hashes & np.uint64(_MASK52)).astype(np.float64)
     return out
 
 

@@ -93,7 +93,7 @@ from features import cache as kcache
 from features import kernels
 from features._types import BoolArray, FloatArray, IntArray
 from features.cache import KindCache, Slots
-from features.hashing import HashArray, combine, hash52, hash64
+from features.hashing import HashArray, combine, hash64, low52
 from features.kernels import AGG_CODES
 from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all, validate_spec
 
@@ -341,6 +341,17 @@ def _as_strings(col: Sequence[Any]) -> list[str]:
     return vals
 
 
+def _column_hashes(col: Sequence[Any]) -> tuple[HashArray, BoolArray]:
+    """Per value its 64-bit hash and whether it is present (a missing one, '', None or 0, is
+    hashed as '')."""
+    vals = col if isinstance(col, list) else list(col)
+    present = np.fromiter(map(bool, vals), dtype=bool, count=len(vals))
+    try:
+        return hash64(vals), present  # all strings: the common case, no copy
+    except TypeError:
+        return hash64(["" if not v else str(v) for v in vals]), present
+
+
 def entity_hashes(
     spec_entity: str, columns: Mapping[str, Sequence[Any]], n: int
 ) -> tuple[HashArray, BoolArray]:
@@ -356,9 +367,9 @@ def entity_hashes(
         if len(col) != n:
             msg = f"field {p!r} has {len(col)} values for {n} events"
             raise ValueError(msg)
-        vals = _as_strings(col)
-        present &= np.fromiter(map(bool, vals), dtype=bool, count=n)
-        hashes.append(hash64(vals))
+        part, has = _column_hashes(col)
+        present &= has
+        hashes.append(part)
     return (hashes[0] if len(hashes) == 1 else combine(hashes)), present
 
 
@@ -872,9 +883,9 @@ class RedisFeatureStore:
                     if dv is None:
                         m[:] = False
                     else:
-                        dstr = _as_strings(dv)
-                        m &= np.fromiter(map(bool, dstr), dtype=bool, count=n)
-                        hashes[k.key] = hash52(dstr)
+                        dh, has = _column_hashes(dv)
+                        m &= has
+                        hashes[k.key] = low52(dh)
                 members[k.key] = m
                 idx = np.flatnonzero(m)
                 rb = np.searchsorted(touched, grp.bucket[code[idx]])

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from features.hashing import combine, hash52, hash64
+from features.hashing import combine, hash64, low52
 
 
 def test_fnv1a_known_values() -> None:
@@ -36,8 +36,20 @@ def test_combine_is_order_sensitive_and_deterministic() -> None:
     assert len(set(ab.tolist())) == 2
 
 
-def test_hash52_is_exact_as_float() -> None:
-    h = hash52([f"v{i}" for i in range(1000)])
+def test_low52_is_exact_as_float() -> None:
+    h = low52(hash64([f"v{i}" for i in range(1000)]))
     assert h.dtype == np.float64
     assert (h < 2**52).all() and (h == np.floor(h)).all()
     assert len(set(h.tolist())) == 1000
+
+
+def test_entity_hashes_convert_non_strings_and_mark_missing_values() -> None:
+    from features.store import entity_hashes
+
+    mixed = {"card_id": [7, None, "", "7"]}
+    hashes, present = entity_hashes("card_id", mixed, 4)
+    assert present.tolist() == [True, False, False, True]
+    assert hashes[0] == hashes[3] == hash64(["7"])[0]
+    pairs, both = entity_hashes("card_id+m", {"card_id": ["a", "b"], "m": ["x", ""]}, 2)
+    assert both.tolist() == [True, False]
+    assert pairs[0] == combine([hash64(["a"]), hash64(["x"])])[0]
