@@ -594,15 +594,17 @@ class RedisFeatureStore:
         buckets) and the number of entity values with records in it."""
         out: dict[str, tuple[int, int]] = {}
         for ident, k in self._kinds.items():
-            keys = [k.key, *(f"{k.data_prefix}{b}" for b in range(self.buckets))]
+            buckets = [f"{k.data_prefix}{b}" for b in range(self.buckets)]
             pipe = self.client.pipeline(transaction=False)
-            for key in keys:
+            for key in [k.key, *buckets]:
                 pipe.memory_usage(key, samples=0)
-            total = sum(int(x or 0) for x in pipe.execute())
+            for key in buckets:
+                pipe.get(key)
+            replies = pipe.execute()
+            total = sum(int(x or 0) for x in replies[: len(buckets) + 1])
             values: set[int] = set()
-            for b in range(self.buckets):
-                raw = self.client.get(f"{k.data_prefix}{b}") or b""
-                rec = np.frombuffer(_as_bytes(raw), dtype="<u8").reshape(-1, k.width + 1)
+            for raw in replies[len(buckets) + 1 :]:
+                rec = np.frombuffer(_as_bytes(raw or b""), dtype="<u8").reshape(-1, k.width + 1)
                 values.update(rec[:, k.width].tolist())
             out[ident] = (total, len(values))
         return out
