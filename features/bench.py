@@ -86,6 +86,15 @@ def stream(
     return batches
 
 
+def bytes_per_value(usage: dict[str, tuple[int, int]], entity: str) -> tuple[float, float]:
+    """Bytes of every kind of ``entity`` alone (its filters, distinct fields, labels; not pairs)
+    per value of its plain transaction kind, and that number of values
+    (:meth:`RedisFeatureStore.memory_usage`)."""
+    total = sum(b for ident, (b, _) in usage.items() if ident.split(":")[1] == entity)
+    values = max(usage.get(f"t:{entity}", (0, 0))[1], 1)
+    return total / values, float(values)
+
+
 def measure(
     client: redis.Redis,
     n_events: int = 200_000,
@@ -118,21 +127,14 @@ def measure(
     secs, batches = run(warm_events + half, warm_events + n_events, ahead=True)
     trips = (_CountingRedis.calls + store.round_trips - trips0) / max(batches + one_batches, 1)
     usage = store.memory_usage()
-    cards = max(usage.get("t:card_id", (0, 0))[1], 1)
-    merchants = max(usage.get("t:merchant_id", (0, 0))[1], 1)
-    mem = {
-        "card": sum(b for i, (b, _) in usage.items() if i.split(":")[1] == "card_id") / cards,
-        "merchant": sum(b for i, (b, _) in usage.items() if i.split(":")[1] == "merchant_id")
-        / merchants,
-    }
     return {
         "features_events_per_second": (n_events - half) / secs,
         "features_events_per_second_one_at_a_time": half / one_secs,
         "features_round_trips_per_batch": trips,
         "features_batch_size": float(batch_size),
         "features_count": float(len(spec)),
-        "features_bytes_per_card": mem["card"],
-        "features_bytes_per_merchant": mem["merchant"],
+        "features_bytes_per_card": bytes_per_value(usage, "card_id")[0],
+        "features_bytes_per_merchant": bytes_per_value(usage, "merchant_id")[0],
     }
 
 
@@ -178,14 +180,8 @@ def handbook_memory(
     for ident, (nbytes, nvalues) in per_kind.items():
         out[f"bytes:{ident}"] = float(nbytes)
         out[f"fields:{ident}"] = float(nvalues)
-    card = [v for i, v in per_kind.items() if i == "t:card_id" or i.startswith("t:card_id:")]
-    merchant = [v for i, v in per_kind.items() if i in ("t:merchant_id", "l:merchant_id")]
-    cards = max(per_kind.get("t:card_id", (0, 0))[1], 1)
-    merchants = max(per_kind.get("t:merchant_id", (0, 0))[1], 1)
-    out["active_cards"] = float(cards)
-    out["active_merchants"] = float(merchants)
-    out["bytes_per_card"] = sum(b for b, _ in card) / cards
-    out["bytes_per_merchant"] = sum(b for b, _ in merchant) / merchants
+    out["bytes_per_card"], out["active_cards"] = bytes_per_value(per_kind, "card_id")
+    out["bytes_per_merchant"], out["active_merchants"] = bytes_per_value(per_kind, "merchant_id")
     other = 0
     for key in client.scan_iter(match=f"{store.prefix}*", count=1000):
         other += int(client.memory_usage(key, samples=0) or 0)
