@@ -80,16 +80,11 @@ def compute_kind(
     order = np.argsort(code, kind="mergesort")
     # scratch space for the largest value, reused (an allocation per value costs more than the
     # arithmetic of a small one)
-    most = 0
-    p = 0
-    while p < n:
-        k = code[order[p]]
-        q = p + 1
-        while q < n and code[order[q]] == k:
-            q += 1
-        if k >= 0 and pre_cnt[k] + q - p > most:
-            most = pre_cnt[k] + q - p
-        p = q
+    per_value = pre_cnt.copy()
+    for i in range(n):
+        if code[i] >= 0:
+            per_value[code[i]] += 1
+    most = per_value.max() if per_value.shape[0] else 0
     buf = np.zeros((most, 7))
     pt = np.empty(most)
     pc = np.zeros(most + 1)
