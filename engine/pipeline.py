@@ -17,6 +17,7 @@ import numpy as np
 from engine.policy import ALLOW, Policy
 from engine.protocols import (
     BatchScorer,
+    BoolArray,
     Deferred,
     FeatureStore,
     FloatArray,
@@ -78,6 +79,19 @@ class ScoredBatch:
     features: FloatArray
     feature_names: list[str]
     stage_seconds: dict[str, float]
+    #: Rows whose event id an earlier batch had already counted (see FeatureStore.redelivered).
+    redelivered: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def without(self, drop: BoolArray) -> ScoredBatch:
+        """The batch less the rows in ``drop``."""
+        keep = np.flatnonzero(~drop)
+        return ScoredBatch(
+            [self.decisions[i] for i in keep.tolist()],
+            self.features[keep],
+            self.feature_names,
+            self.stage_seconds,
+            self.redelivered[keep],
+        )
 
 
 @dataclass
@@ -133,9 +147,12 @@ class Pipeline:
                 transaction_features(ts_ms, amounts),
             )
         )
+        redelivered = np.array(self.features.redelivered, dtype=bool)
         names = self.feature_names
         timings["features"] = time.perf_counter() - t0
-        return self.decide_batch(records, x, names, timings)
+        scored = self.decide_batch(records, x, names, timings)
+        scored.redelivered = redelivered
+        return scored
 
     def submit_features(
         self,
@@ -209,7 +226,7 @@ class Pipeline:
             )
         if explain is not None:
             self._explain(decisions, explain, x, names)
-        return ScoredBatch(decisions, x, list(names), timings)
+        return ScoredBatch(decisions, x, list(names), timings, np.zeros(len(decisions), bool))
 
     def _champion_scores(
         self, x: FloatArray, names: Sequence[str]

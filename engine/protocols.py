@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 T_co = TypeVar("T_co", covariant=True)
@@ -42,6 +43,13 @@ class FeatureStore(Protocol):
     def account_event_fields(self) -> tuple[str, ...]: ...
 
     late_events: int
+    #: Of the batch read last: events whose id an earlier batch had already counted (a
+    #: redelivery). Their features include their first delivery's record once.
+    redelivered: BoolArray
+
+    def has_counted(self) -> bool:
+        """Whether the store has counted any transaction (a replay warns: it is not empty)."""
+        ...
 
     def update_batch(
         self,

@@ -227,6 +227,8 @@ class Decoded:
     records: list[Record]
     arrived_at: list[float]
     dead: list[DeadLetter]
+    #: The message each record came from (for a dead letter decided after decoding).
+    sources: list[RawMessage] = field(default_factory=list)
 
 
 def decode_batch(
@@ -235,11 +237,13 @@ def decode_batch(
     """Split a batch into valid records (in order) and dead letters; never raises on bad input.
 
     A second message with an ``event_id`` already seen in the batch is a dead letter
-    (``duplicate_event_id``): redeliveries across batches are handled by the feature store.
+    (``duplicate_event_id``): redeliveries across batches are found by the feature store (see
+    :meth:`engine.service.ScoringService.process_transactions`).
     """
     ok: list[Record] = []
     arrived: list[float] = []
     bad: list[DeadLetter] = []
+    sources: list[RawMessage] = []
     seen: set[str] = set()
     loads = orjson.loads
     for msg in messages:
@@ -261,7 +265,8 @@ def decode_batch(
             continue
         ok.append(record)
         arrived.append(msg.arrived_at)
-    return Decoded(ok, arrived, bad)
+        sources.append(msg)
+    return Decoded(ok, arrived, bad, sources)
 
 
 def processing_failures(messages: Sequence[RawMessage], detail: str) -> list[DeadLetter]:

@@ -21,12 +21,15 @@ import redis
 from engine import metrics
 from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
+from engine.protocols import BoolArray
 from engine.review.store import QUEUE_KEY, add_cases
 from engine.schemas import (
     ACCOUNT_EVENT,
+    DUPLICATE,
     LABEL,
     TRANSACTION,
     DeadLetter,
+    Decoded,
     RawMessage,
     decode_batch,
     processing_failures,
@@ -64,18 +67,21 @@ class BatchReport:
     latencies: list[float] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     learned: int = 0
+    #: transactions an earlier batch had already counted (answered again or dead-lettered)
+    redelivered: int = 0
 
 
 def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("latin-1") if isinstance(value, str) else value
 
 
-def _score_record(d: Decision) -> dict[str, Any]:
-    """What online evaluation needs when the label arrives: each version's score and flag."""
+def _score_record(d: Decision, record: dict[str, Any]) -> dict[str, Any]:
+    """What online evaluation needs when the label arrives (each version's score and flag), and
+    the decision record as sent: the memo a redelivery is answered from."""
     scores = dict(d.shadow)
     if d.mode == "normal":  # a degraded 0.0 is not a model score
         scores[d.model] = d.score
-    return {"scores": scores, "flagged": {d.model: d.decision != "allow"}}
+    return {"scores": scores, "flagged": {d.model: d.decision != "allow"}, "record": record}
 
 
 class ScoringService:
@@ -88,6 +94,7 @@ class ScoringService:
         feature_log_ttl_seconds: int = 30 * 86400,
         live: bool = True,
         rules_watcher: RuleSetWatcher | None = None,
+        redelivery: str = "dead_letter",
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -97,6 +104,14 @@ class ScoringService:
         #: A live service queues review cases and records feature vectors for labels; a warm-up
         #: or backtest replay (live=False) only advances the feature state and emits decisions.
         self.live = live
+        #: What a replay (live=False) does with a transaction an earlier batch counted:
+        #: "dead_letter" (a repeated row: one decision per event id) or "rescore" (a resumed
+        #: replay re-reading batches whose decisions were not saved). A live service always
+        #: answers from its decision memo.
+        if redelivery not in ("dead_letter", "rescore"):
+            msg = f"redelivery must be dead_letter or rescore, not {redelivery!r}"
+            raise ValueError(msg)
+        self.redelivery = redelivery
         self.rules_watcher = rules_watcher
         self._set_many_ex = client.register_script(_SET_MANY_EX)
         self.evaluator = RollingEvaluator(5000, settings.review_threshold)
@@ -113,12 +128,18 @@ class ScoringService:
         report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
         t1 = time.perf_counter()
         scored: ScoredBatch | None = None
-        if decoded.records:
-            scored = self.pipeline.score_batch(decoded.records)
+        records, arrived_at, dead = decoded.records, decoded.arrived_at, list(decoded.dead)
+        again = np.zeros(0, dtype=bool)
+        if records:
+            scored = self.pipeline.score_batch(records)
+            if scored.redelivered.any():
+                scored, records, arrived_at, again = self._redeliveries(
+                    scored, decoded, dead, report
+                )
         t2 = time.perf_counter()
-        self._emit_dead(decoded.dead, self.settings.topic_transactions)
-        if scored is not None:
-            self._emit_decisions(scored, decoded.records, decoded.arrived_at, report)
+        self._emit_dead(dead, self.settings.topic_transactions)
+        if scored is not None and scored.decisions:
+            self._emit_decisions(scored, records, arrived_at, report, again)
         self.sink.flush()
         late = self.pipeline.features.late_events
         if late > self._late_seen:
@@ -126,12 +147,15 @@ class ScoringService:
             self._late_seen = late
         anomaly = self.pipeline.anomaly
         if scored is not None and anomaly is not None:
-            anomaly.learn_batch(scored.features)  # unsupervised: after scoring, never before
+            # unsupervised: after scoring, never before, and once per event id
+            fresh = ~scored.redelivered
+            if fresh.any():
+                anomaly.learn_batch(scored.features[fresh])
         t3 = time.perf_counter()
         now = time.time()
         if scored is not None:
             report.scored = scored
-            report.latencies = [now - a for a in decoded.arrived_at]
+            report.latencies = [now - a for a in arrived_at]
             for lat in report.latencies:
                 metrics.DECISION_LATENCY.observe(lat)
             report.stage_seconds = dict(scored.stage_seconds)
@@ -139,9 +163,71 @@ class ScoringService:
         report.stage_seconds["emit"] = t3 - t2
         for stage, secs in report.stage_seconds.items():
             metrics.STAGE_SECONDS.labels(stage).observe(secs)
-        metrics.EVENTS.labels(self.settings.topic_transactions, "valid").inc(report.valid)
-        metrics.EVENTS.labels(self.settings.topic_transactions, "invalid").inc(report.dead)
+        topic = self.settings.topic_transactions
+        metrics.EVENTS.labels(topic, "valid").inc(report.valid)
+        metrics.EVENTS.labels(topic, "invalid").inc(report.dead)
+        if report.redelivered:
+            metrics.EVENTS.labels(topic, "redelivered").inc(report.redelivered)
         return report
+
+    def _redeliveries(
+        self,
+        scored: ScoredBatch,
+        decoded: Decoded,
+        dead: list[DeadLetter],
+        report: BatchReport,
+    ) -> tuple[ScoredBatch, list[dict[str, Any]], list[float], BoolArray]:
+        """Transactions an earlier batch had already counted (Kafka redelivered them, or a file
+        repeats them): the exactly-once effect for their outputs.
+
+        A live service answers with the decision it made the first time, byte for byte, from the
+        decision memo (``rs:sv:`` + ``rs:fv:``, kept as long as the feature log); only when the
+        first attempt failed before its memo was written (a crash between the feature update and
+        the emit) is the event scored now, from a state that already counts it once. A replay
+        (``redelivery="dead_letter"``) dead-letters them as ``duplicate_event_id``, as it does a
+        copy within one batch: one decision per event id in its decision log. Returns the batch,
+        its records and arrival times (less the dead-lettered rows) and, per row, whether it is
+        a memo answered again (no review case, no memo write, no decision count).
+        """
+        red = scored.redelivered
+        idx = np.flatnonzero(red).tolist()
+        report.redelivered = len(idx)
+        records, arrived = decoded.records, decoded.arrived_at
+        if not self.live and self.redelivery == "dead_letter":
+            for i in idx:
+                eid = str(records[i]["event_id"])[:64]
+                detail = f"event_id already counted by an earlier batch ({eid}): not scored again"
+                dead.append(DeadLetter(DUPLICATE, detail, decoded.sources[i]))
+            report.valid -= len(idx)
+            report.dead += len(idx)
+            keep = [i for i in range(len(records)) if not red[i]]
+            scored = scored.without(red)
+            return (
+                scored,
+                [records[i] for i in keep],
+                [arrived[i] for i in keep],
+                np.zeros(len(keep), dtype=bool),
+            )
+        again = np.zeros(len(records), dtype=bool)
+        if not self.live:
+            return scored, records, arrived, again
+        ids = [scored.decisions[i].event_id for i in idx]
+        memos = self.redis.mget(
+            [SCORE_LOG_PREFIX + e for e in ids] + [FEATURE_LOG_PREFIX + e for e in ids]
+        )
+        width = scored.features.shape[1]
+        for k, i in enumerate(idx):
+            memo, vector = memos[k], memos[len(ids) + k]
+            if memo is None or vector is None:
+                continue
+            first = orjson.loads(memo).get("record")
+            row = np.frombuffer(_as_bytes(vector), dtype=np.float64)
+            if first is None or len(row) != width:
+                continue
+            scored.decisions[i] = Decision(**first)
+            scored.features[i] = row
+            again[i] = True
+        return scored, records, arrived, again
 
     def _emit_decisions(
         self,
@@ -149,7 +235,10 @@ class ScoringService:
         records: Sequence[dict[str, Any]],
         arrived_at: Sequence[float],
         report: BatchReport,
+        again: BoolArray,
     ) -> None:
+        """Send every decision (a redelivered one as first sent: ``again``), queue new review
+        cases and write the feature log and decision memo, in one Redis round trip."""
         s = self.settings
         send = self.sink.send
         dumps = orjson.dumps
@@ -159,12 +248,19 @@ class ScoringService:
         counts: dict[str, int] = {}
         x = np.ascontiguousarray(scored.features, dtype=np.float64)
         live = self.live
+        new = ~again if again.any() else np.ones(len(scored.decisions), dtype=bool)
+        records_out: list[dict[str, Any]] = []
         for i, d in enumerate(scored.decisions):
-            d.scored_at = now
-            d.latency_ms = (now - arrived_at[i]) * 1000.0
+            is_new = bool(new[i])
+            if is_new:
+                d.scored_at = now
+                d.latency_ms = (now - arrived_at[i]) * 1000.0
             rec = d.to_record()
+            records_out.append(rec)
             key = d.card_id.encode()
             send(s.topic_scores, key, dumps(rec))
+            if not is_new:  # answered again: its case and counts exist already
+                continue
             counts[d.decision] = counts.get(d.decision, 0) + 1
             if live and d.decision == REVIEW:
                 txn = records[i]
@@ -180,29 +276,32 @@ class ScoringService:
                 }
                 cases.append(case)
                 send(s.topic_review, key, dumps(case))
-        if live:
+        fresh = np.flatnonzero(new).tolist()
+        if live and fresh:
+            logged = [scored.decisions[i] for i in fresh]
             self._set_many_ex(
-                keys=[FEATURE_LOG_PREFIX + d.event_id for d in scored.decisions]
-                + [SCORE_LOG_PREFIX + d.event_id for d in scored.decisions],
+                keys=[FEATURE_LOG_PREFIX + d.event_id for d in logged]
+                + [SCORE_LOG_PREFIX + d.event_id for d in logged],
                 args=[
                     self.feature_log_ttl,
-                    *(row.tobytes() for row in x),
-                    *(dumps(_score_record(d)) for d in scored.decisions),
+                    *(x[i].tobytes() for i in fresh),
+                    *(dumps(_score_record(scored.decisions[i], records_out[i])) for i in fresh),
                 ],
                 client=pipe,
             )
         add_cases(pipe, cases)
-        if live:
-            pipe.hmget(PENDING_LABELS, [d.event_id for d in scored.decisions])
+        pending = live and bool(fresh)  # labels parked for these transactions
+        if pending:
+            pipe.hmget(PENDING_LABELS, [scored.decisions[i].event_id for i in fresh])
         pipe.zcard(QUEUE_KEY)
         replies = pipe.execute()
         depth = replies[-1]
-        if live:
+        if pending:
             self._apply_pending([orjson.loads(v) for v in replies[-2] if v is not None], report)
         metrics.REVIEW_QUEUE_DEPTH.set(depth)
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
-        degraded = [d for d in scored.decisions if d.mode != "normal"]
+        degraded = [scored.decisions[i] for i in fresh if scored.decisions[i].mode != "normal"]
         if degraded:  # a batch is degraded as a whole: one reason, appended last by the pipeline
             reason = degraded[0].reasons[-1].split(":", 1)[-1]
             metrics.DEGRADED_DECISIONS.labels(reason).inc(len(degraded))

@@ -185,6 +185,7 @@ class _Prepared:
     batch: int = 0
     sent: dict[str, _Sent] = field(default_factory=dict)
     released: bool = False
+    first: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 @dataclass
@@ -455,6 +456,10 @@ class RedisFeatureStore:
         self.prefix = prefix
         #: Events (transactions and account events) that arrived later than the allowed lateness.
         self.late_events = 0
+        #: Of the batch read last, the events an earlier batch had already counted (redelivered
+        #: by Kafka, or repeated in a file): their features include their first delivery's record
+        #: once, never twice.
+        self.redelivered: BoolArray = np.zeros(0, dtype=bool)
         self.labels_unknown = 0
         self.labels_duplicate = 0
         self._last_counted = 0
@@ -622,6 +627,10 @@ class RedisFeatureStore:
         rec = np.frombuffer(_as_bytes(raw), dtype="<u8").reshape(-1, k.width + 1)
         return bool((rec[:, k.width] == np.uint64(vh)).any())
 
+    def has_counted(self) -> bool:
+        """Whether any transaction was counted into this store (its watermark exists)."""
+        return bool(self.client.exists(f"{self.prefix}wm:t"))
+
     def warm_up(self) -> None:
         """Compile the kernels now so that the first batch does not pay for it."""
         kernels.warm_up()
@@ -660,7 +669,7 @@ class RedisFeatureStore:
         amt = _checked_amounts(amounts, len(event_ids))
         prep = self._prepare("transactions", event_ids, ts_ms, amt, entities, fields)
         if prep.n == 0:
-            return Pending(self, None, lambda _reply: prep.out)
+            return Pending(self, None, lambda _reply: self._nothing(prep))
         try:
             call = self._send(self._update, prep.keys, prep.args)
         except BaseException:
@@ -684,10 +693,15 @@ class RedisFeatureStore:
         self._apply(self._prepare("events", event_ids, ts_ms, np.zeros(n), entities, merged))
         return self._last_counted
 
+    def _nothing(self, prep: _Prepared) -> FloatArray:
+        """An empty batch read: nothing counted, nothing redelivered."""
+        self._last_counted = 0
+        self.redelivered = np.zeros(0, dtype=bool)
+        return prep.out
+
     def _apply(self, prep: _Prepared) -> FloatArray:
         if prep.n == 0:
-            self._last_counted = 0
-            return prep.out
+            return self._nothing(prep)
         try:
             reply = self._eval(self._update, prep.keys, prep.args)
         except BaseException:
@@ -914,8 +928,9 @@ class RedisFeatureStore:
             sent[k.key] = _Sent(touched, held, inflight, own, rec_bucket, rec_event)
         self._open += 1
         return _Prepared(
-            source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, batch, sent
-        )
+            source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, batch, sent,
+            first=first,
+        )  # fmt: skip
 
     def _compactions(self, k: _Kind, cache: KindCache, batch: int) -> list[list[Any]]:
         """The kind's planned compactions, with the epoch each expects; those buckets are then
@@ -941,6 +956,8 @@ class RedisFeatureStore:
             msg = f"feature script returned {flags.shape[0]} flags for {n} events"
             raise RuntimeError(msg)
         counted = flags == ord("1")
+        # first in its batch yet already seen: an earlier batch counted it (a redelivery)
+        self.redelivered = (flags == ord("0")) & prep.first
         late = int(np.count_nonzero(flags == ord("2")))
         self.late_events += late
         self._last_counted = int(np.count_nonzero(counted))

@@ -477,6 +477,15 @@ def replay_inprocess(
         service = build_service(settings, sink=sink, live=False)
     else:
         service.sink = sink
+    if run.position != MergePosition():
+        # a resumed replay re-reads the batches after its checkpoint: the store has counted
+        # them, their decisions were not saved; score them again (from a state counting each once)
+        service.redelivery = "rescore"
+    elif service.pipeline.features.has_counted():
+        console.print(
+            "[yellow]the feature store already holds state: transactions it has counted are "
+            "dead-lettered as duplicate_event_id (empty the Redis database to replay afresh)"
+        )
     log = DecisionLog(opts.out, run.first_part) if opts.out is not None else None
     dead_file = (opts.out / "dead_letters.jsonl").open("ab") if opts.out is not None else None
     handlers = {

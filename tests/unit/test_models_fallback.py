@@ -46,6 +46,7 @@ class StubStore:
         fields: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
         n = len(event_ids)
+        self.redelivered = np.zeros(n, dtype=bool)
         i = np.arange(n, dtype=np.float64)
         cols = [np.asarray(amounts, dtype=np.float64), i % 7, i % 30]
         return np.column_stack(cols[: len(self._names)])
