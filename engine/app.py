@@ -36,6 +36,7 @@ def _short_fetch_wait(max_wait_ms: int) -> None:
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     _short_fetch_wait(max(10, int(settings.batch_within_seconds * 1000)))
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # a fresh data dir works
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
