@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 FEATURE_LOG_PREFIX = "rs:fv:"
 #: Scores of every model version at scoring time, for online evaluation when the label arrives.
 SCORE_LOG_PREFIX = "rs:sv:"
+#: The decision record as sent, to answer a redelivery with the same bytes (see README).
+DECISION_MEMO_PREFIX = "rs:dm:"
 #: SET ... EX for every key/value pair in one command: one packed command per batch instead of
 #: one per event (redis-py spends ~5 µs packing each command).
 _SET_MANY_EX = """
@@ -75,13 +77,12 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("latin-1") if isinstance(value, str) else value
 
 
-def _score_record(d: Decision, record: dict[str, Any]) -> dict[str, Any]:
-    """What online evaluation needs when the label arrives (each version's score and flag), and
-    the decision record as sent: the memo a redelivery is answered from."""
+def _score_record(d: Decision) -> dict[str, Any]:
+    """What online evaluation needs when the label arrives: each version's score and flag."""
     scores = dict(d.shadow)
     if d.mode == "normal":  # a degraded 0.0 is not a model score
         scores[d.model] = d.score
-    return {"scores": scores, "flagged": {d.model: d.decision != "allow"}, "record": record}
+    return {"scores": scores, "flagged": {d.model: d.decision != "allow"}}
 
 
 class ScoringService:
@@ -181,7 +182,7 @@ class ScoringService:
         repeats them): the exactly-once effect for their outputs.
 
         A live service answers with the decision it made the first time, byte for byte, from the
-        decision memo (``rs:sv:`` + ``rs:fv:``, kept as long as the feature log); only when the
+        decision memo (``rs:dm:``, kept ``redelivery_memo_seconds``, and ``rs:fv:``); only when the
         first attempt failed before its memo was written (a crash between the feature update and
         the emit) is the event scored now, from a state that already counts it once. A replay
         (``redelivery="dead_letter"``) dead-letters them as ``duplicate_event_id``, as it does a
@@ -213,18 +214,17 @@ class ScoringService:
             return scored, records, arrived, again
         ids = [scored.decisions[i].event_id for i in idx]
         memos = self.redis.mget(
-            [SCORE_LOG_PREFIX + e for e in ids] + [FEATURE_LOG_PREFIX + e for e in ids]
+            [DECISION_MEMO_PREFIX + e for e in ids] + [FEATURE_LOG_PREFIX + e for e in ids]
         )
         width = scored.features.shape[1]
         for k, i in enumerate(idx):
             memo, vector = memos[k], memos[len(ids) + k]
             if memo is None or vector is None:
                 continue
-            first = orjson.loads(memo).get("record")
             row = np.frombuffer(_as_bytes(vector), dtype=np.float64)
-            if first is None or len(row) != width:
+            if len(row) != width:
                 continue
-            scored.decisions[i] = Decision(**first)
+            scored.decisions[i] = Decision(**orjson.loads(memo))
             scored.features[i] = row
             again[i] = True
         return scored, records, arrived, again
@@ -249,16 +249,16 @@ class ScoringService:
         x = np.ascontiguousarray(scored.features, dtype=np.float64)
         live = self.live
         new = ~again if again.any() else np.ones(len(scored.decisions), dtype=bool)
-        records_out: list[dict[str, Any]] = []
+        sent: list[bytes] = []  # each decision as sent (the memo keeps the same bytes)
         for i, d in enumerate(scored.decisions):
             is_new = bool(new[i])
             if is_new:
                 d.scored_at = now
                 d.latency_ms = (now - arrived_at[i]) * 1000.0
             rec = d.to_record()
-            records_out.append(rec)
             key = d.card_id.encode()
-            send(s.topic_scores, key, dumps(rec))
+            sent.append(dumps(rec))
+            send(s.topic_scores, key, sent[-1])
             if not is_new:  # answered again: its case and counts exist already
                 continue
             counts[d.decision] = counts.get(d.decision, 0) + 1
@@ -285,8 +285,13 @@ class ScoringService:
                 args=[
                     self.feature_log_ttl,
                     *(x[i].tobytes() for i in fresh),
-                    *(dumps(_score_record(scored.decisions[i], records_out[i])) for i in fresh),
+                    *(dumps(_score_record(d)) for d in logged),
                 ],
+                client=pipe,
+            )
+            self._set_many_ex(
+                keys=[DECISION_MEMO_PREFIX + d.event_id for d in logged],
+                args=[s.redelivery_memo_seconds, *(sent[i] for i in fresh)],
                 client=pipe,
             )
         add_cases(pipe, cases)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     review_threshold: float = Field(default=0.5, ge=0, le=1)
     block_threshold: float = Field(default=0.9, ge=0, le=1)
     review_queue_max: int = Field(default=100_000, ge=1)
+    #: How long a decision is kept to answer a redelivery of its transaction with the same bytes:
+    #: as long as the topic may redeliver it (Kafka's default retention, 7 days).
+    redelivery_memo_seconds: int = Field(default=7 * 86400, ge=60)
 
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"

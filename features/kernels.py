@@ -12,6 +12,10 @@ Semantics (shared with :mod:`features.reference`; resolutions in :mod:`features.
   value that arrived **before or with** ``i`` (the pre-batch state plus earlier events of the
   batch plus ``i`` itself when counted). A redelivered event is not counted again, so values do
   not depend on how the stream is cut into batches.
+* A redelivery (an event an earlier batch counted) gets the value of its first delivery, as far
+  as the stored records tell it: those with ``t_rec <= t`` (its own once), none of the batch's.
+  For a stream in time order that is exactly the first delivery's value; so is the decision a
+  worker that crashed after counting a batch makes when the batch comes again.
 * ``time_since_last`` uses the records other than ``i``'s own with ``t_rec <= t`` in the window.
 * Label records (kind source ``labels``) are counted by ``fraud_count`` when in the window and
   their label time ``h <= t``.
@@ -49,6 +53,7 @@ T, C, S, Q, MN, MX, HH = 0, 1, 2, 3, 4, 5, 6
 def compute_kind(
     code: IntArray,
     counted: IntArray,
+    again: IntArray,
     ts: IntArray,
     amount: FloatArray,
     batch_rec: FloatArray,
@@ -66,7 +71,10 @@ def compute_kind(
     """Fill ``out[:, outcol[f]]`` for the features ``f`` of one kind.
 
     code[i]: entity value number 0..K-1 (-1 missing -> NaN); counted[i]: 1 if event i adds its
-    record ``batch_rec[i]`` (7 columns) to this kind. Value k's stored records are read where
+    record ``batch_rec[i]`` (7 columns) to this kind; again[i]: 1 if event i is a redelivery
+    whose first delivery an earlier batch counted: its value is the one at that first delivery,
+    for a stream in time order (stored records with ``t_rec <= t``, its own included once, none
+    of this batch's). Value k's stored records are read where
     they are kept (no copy per batch): ``pre_rec[pre_start[k] : pre_start[k] + pre_cnt[k]]``,
     column ``c`` being the record column ``pre_cols[c]``. The other columns are not read: a kind
     stores what its features use.
@@ -137,6 +145,8 @@ def compute_kind(
         for r in range(p, q):
             i = order[r]
             ti = ts[i]
+            rep = again[i] == 1
+            upto = m0 if rep else m  # a redelivery sees none of this batch's records
             own = -1
             if counted[i]:
                 for col in range(7):
@@ -150,19 +160,27 @@ def compute_kind(
                 oc[no + 1] = oc[no] + batch_rec[i, C]
                 osum[no + 1] = osum[no] + batch_rec[i, S]
                 no += 1
+            if not rep:
+                upto = m
             for f in range(nf):
                 rr = res_ms[f]
                 b = (ti - delay_ms[f]) // rr
                 lo = (b - nb[f] + 1) * rr
                 hi = (b + 1) * rr
+                if rep and hi > ti + 1:  # later records arrived after its first delivery
+                    hi = ti + 1
                 g = agg[f]
                 if g == 7:
                     best = -1.0
                     found = False
-                    for t in range(m):
+                    skip_own = rep  # its first delivery's record is stored: not an "other"
+                    for t in range(upto):
                         if t == own:
                             continue
                         tr = rec[t, T]
+                        if skip_own and tr == ti:
+                            skip_own = False
+                            continue
                         if tr >= lo and tr < hi and tr <= ti:
                             if not found or tr > best:
                                 best = tr
@@ -171,7 +189,7 @@ def compute_kind(
                     continue
                 if g == 6:
                     nh = 0
-                    for t in range(m):
+                    for t in range(upto):
                         tr = rec[t, T]
                         if tr >= lo and tr < hi:
                             hs[nh] = rec[t, HH]
@@ -198,13 +216,13 @@ def compute_kind(
                     c = pc[x1] - pc[x0]
                     s = ps[x1] - ps[x0]
                     first = m0  # the batch's own records: searched too while in time order
-                    if own_sorted:
+                    if own_sorted and not rep:
                         y0 = np.searchsorted(ot[:no], lo, side="left")
                         y1 = np.searchsorted(ot[:no], hi, side="left")
                         c += oc[y1] - oc[y0]
                         s += osum[y1] - osum[y0]
                         first = m
-                for t in range(first, m):
+                for t in range(first, upto):
                     tr = rec[t, T]
                     if tr >= lo and tr < hi:
                         if g == 9:
@@ -366,6 +384,7 @@ def warm_up() -> None:
     compute_kind(
         np.array([0, -1], dtype=np.int64),
         np.array([1, 0], dtype=np.int64),
+        np.array([0, 0], dtype=np.int64),
         np.array([3000, 3000], dtype=np.int64),
         np.array([1.0, 2.0]),
         rec.copy(),

@@ -5,7 +5,8 @@ shared with the online store except the spec declarations. Semantics (as documen
 :mod:`features.spec` and :mod:`features.kernels`): for event ``i`` of the stream (arrival order)
 and feature ``f`` with resolution ``r``, ``N`` buckets and delay ``d``, the window is
 ``[(B - N + 1) r, (B + 1) r)`` with ``B = floor((t_i - d) / r)``; it aggregates the first
-deliveries ``j <= i`` (arrival order) of the same entity value that pass the filter. Label
+deliveries ``j <= i`` (arrival order) of the same entity value that pass the filter. A repeated
+event id (a redelivery) gets the value of its first delivery. Label
 features count the fraud labels of those transactions whose label time is ``<= t_i`` (labels are
 given with the transaction they label). Account events count for ``i`` when they were applied
 before ``i`` (``applied_before`` = index of the first transaction they precede).
@@ -374,4 +375,6 @@ def reference_features(
             out[np.isnan(cnt), col] = np.nan
             continue
         out[:, col] = _one(f, ts, amt, q_ent, ts, amt, q_ent, ok, avail, vals, label_ts)
-    return out
+    # a repeated event id gets its first delivery's value
+    first_row = pd.Series(np.arange(n)).groupby(pd.Series(ids)).transform("first").to_numpy()
+    return out[first_row]

@@ -186,6 +186,8 @@ class _Prepared:
     sent: dict[str, _Sent] = field(default_factory=dict)
     released: bool = False
     first: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: per event, the batch position of its id's first occurrence (a copy gets its value)
+    first_of: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -929,7 +931,7 @@ class RedisFeatureStore:
         self._open += 1
         return _Prepared(
             source, n, out, keys, args, ts, amt, kinds, groups, members, hashes, rec7, batch, sent,
-            first=first,
+            first=first, first_of=first_pos[uid],
         )  # fmt: skip
 
     def _compactions(self, k: _Kind, cache: KindCache, batch: int) -> list[list[Any]]:
@@ -964,6 +966,7 @@ class RedisFeatureStore:
         wm_pre = int(_as_bytes(reply[1]))
         wm_now = max(wm_pre, int(ts[counted].max())) if counted.any() else wm_pre
         work = np.empty((n, self._n_work), dtype=np.float64) if is_tx else None
+        again = self.redelivered.astype(np.int64)
         no_records = np.zeros(n, dtype=np.int64)
         for j, k in enumerate(kinds):
             grp = groups[k.entity]
@@ -980,6 +983,7 @@ class RedisFeatureStore:
                 kernels.compute_kind(
                     grp.code,
                     cnt,
+                    again,
                     ts,
                     amt,
                     batch7,
@@ -1004,6 +1008,7 @@ class RedisFeatureStore:
                 self._plan_compaction(k, cache, sent.touched, wm_now)
         if work is None:
             return out
+        work = work[prep.first_of]  # a copy within the batch gets its first occurrence's value
         out[:] = work[:, : self._n_out]
         for col, fc, cc in self._rates:
             c = work[:, cc]

@@ -85,6 +85,7 @@ def test_kernel_windows_and_aggregates() -> None:
     compute_kind(
         np.array([0], dtype=np.int64),
         np.array([1], dtype=np.int64),
+        np.array([0], dtype=np.int64),
         np.array([T0 + 150_000], dtype=np.int64),
         np.array([20.0]),
         batch,
