@@ -376,5 +376,6 @@ def reference_features(
             continue
         out[:, col] = _one(f, ts, amt, q_ent, ts, amt, q_ent, ok, avail, vals, label_ts)
     # a repeated event id gets its first delivery's value
-    first_row = pd.Series(np.arange(n)).groupby(pd.Series(ids)).transform("first").to_numpy()
-    return out[first_row]
+    first_row = pd.Series(np.arange(n)).groupby(pd.Series(ids)).transform("first")
+    copied: FloatArray = out[first_row.to_numpy(dtype=np.int64)]
+    return copied
