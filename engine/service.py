@@ -21,7 +21,7 @@ import redis
 from engine import metrics
 from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
-from engine.review.store import QUEUE_KEY, add_cases
+from engine.review.store import QUEUE_KEY, add_cases, record_history
 from engine.schemas import (
     ACCOUNT_EVENT,
     LABEL,
@@ -192,7 +192,8 @@ class ScoringService:
                 client=pipe,
             )
         add_cases(pipe, cases)
-        if live:
+        if live:  # the case page's card and merchant history
+            record_history(pipe, scored.decisions, records)
             pipe.hmget(PENDING_LABELS, [d.event_id for d in scored.decisions])
         pipe.zcard(QUEUE_KEY)
         replies = pipe.execute()
