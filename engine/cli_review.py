@@ -189,3 +189,28 @@ def decide(
     left = len(svc.store.outbox())
     out.print(f"{event_id}: {record['verdict']} by {record['analyst']}"
               + (f" ({left} labels waiting for the broker)" if left else ""))  # fmt: skip
+
+
+@app.command()
+def bench(
+    cases: Annotated[int, typer.Option(min=1000, help="Cases in the queue.")] = 100_000,
+    out: Annotated[str, typer.Option(help="Where the figures go.")] = ".bench/review-paging.json",
+    repeat: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """Time queue pages over HTTP on a queue of ``cases`` synthetic cases (embedded Valkey)."""
+    from pathlib import Path
+
+    from engine.review.bench import run_review_bench
+
+    results = run_review_bench(cases, Path(out), repeat)
+    t = Table(title=f"review queue pages, {cases:,} cases, {repeat} requests each")
+    for col in ("request", "median ms", "p95 ms", "max ms"):
+        t.add_column(col)
+    for name, v in results.items():
+        if isinstance(v, dict):
+            t.add_row(name, f"{v['median_ms']:.1f}", f"{v['p95_ms']:.1f}", f"{v['max_ms']:.1f}")
+        elif name.endswith("_ms"):
+            t.add_row(name, f"{v:.1f}", "", "")
+    out_console = Console()
+    out_console.print(t)
+    out_console.print(f"figures: {out}")
