@@ -115,11 +115,19 @@ def demo(
     seed: Annotated[int, typer.Option()] = 7,
     customers: Annotated[int, typer.Option(min=10)] = 3000,
     rate: Annotated[float, typer.Option(help="Events/s produced (0 = unpaced).")] = 2000,
+    serve: Annotated[
+        bool | None,
+        typer.Option(help="Keep the review app running until Ctrl-C (default: when interactive)."),
+    ] = None,
 ) -> None:
-    """Simulate, train, run a worker and stream the last days through Kafka; print a summary."""
+    """Simulate, train, run a worker and stream the last days through Kafka; print a summary
+    and the review app's address with a demo analyst's sign-in."""
     from replay.demo import run_demo
 
-    run_demo(days=days, live_days=live_days, seed=seed, customers=customers, rate=rate)
+    if serve is None:
+        serve = sys.stdin.isatty() and sys.stdout.isatty()
+    run_demo(days=days, live_days=live_days, seed=seed, customers=customers, rate=rate,
+             serve=serve)  # fmt: skip
 
 
 @app.command()
