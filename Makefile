@@ -45,9 +45,10 @@ bench: setup ## Benchmarks: writes .bench/results.json and prints it as a table
 	$(BIN)/riskstream bench
 
 .PHONY: review-screenshots
-review-screenshots: setup test-tools ## Browser test of the review app; screenshots in .bench/review/
-	RISKSTREAM_REVIEW_SCREENSHOTS=.bench/review $(BIN)/pytest -q tests/e2e/test_review_browser.py
-	@ls -1 .bench/review/*.png
+review-screenshots: setup test-tools ## Review pages in chromium: the demo's cases and the browser test's, in .bench/review/
+	$(BIN)/riskstream demo --no-serve --screenshots .bench/review/demo
+	RISKSTREAM_REVIEW_SCREENSHOTS=.bench/review/test $(BIN)/pytest -q tests/e2e/test_review_browser.py
+	@ls -1 .bench/review/*/*.png
 
 .PHONY: review-bench
 review-bench: setup ## Review queue paging on 100,000 cases; writes .bench/review-paging.json

@@ -119,6 +119,9 @@ def demo(
         bool | None,
         typer.Option(help="Keep the review app running until Ctrl-C (default: when interactive)."),
     ] = None,
+    screenshots: Annotated[
+        Path | None, typer.Option(help="Save screenshots of the review pages here.")
+    ] = None,
 ) -> None:
     """Simulate, train, run a worker and stream the last days through Kafka; print a summary
     and the review app's address with a demo analyst's sign-in."""
@@ -127,7 +130,7 @@ def demo(
     if serve is None:
         serve = sys.stdin.isatty() and sys.stdout.isatty()
     run_demo(days=days, live_days=live_days, seed=seed, customers=customers, rate=rate,
-             serve=serve)  # fmt: skip
+             serve=serve, screenshots=screenshots)  # fmt: skip
 
 
 @app.command()

@@ -88,7 +88,8 @@ def _in_event_time(
 
 
 def run_demo(
-    days: int, live_days: int, seed: int, customers: int, rate: float, serve: bool = False
+    days: int, live_days: int, seed: int, customers: int, rate: float, serve: bool = False,
+    screenshots: Path | None = None,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     with ExitStack() as stack:
@@ -167,11 +168,13 @@ def run_demo(
         summary = _summary(decisions, live, text, settings, t_done - t_stream, version)
         summary["demo_seconds"] = time.perf_counter() - t_start
         _print(summary)
-        _review_app(stack, worker_env, data_dir, serve)
+        _review_app(stack, worker_env, data_dir, serve, screenshots)
         return summary
 
 
-def _review_app(stack: ExitStack, env: dict[str, str], data_dir: Path, serve: bool) -> None:
+def _review_app(
+    stack: ExitStack, env: dict[str, str], data_dir: Path, serve: bool, screenshots: Path | None
+) -> None:
     """Start the review app on the demo's cases and print where to sign in; with ``serve``
     keep everything running until Ctrl-C, else check the queue page over HTTP and stop."""
     password = secrets.token_urlsafe(9)
@@ -185,6 +188,11 @@ def _review_app(stack: ExitStack, env: dict[str, str], data_dir: Path, serve: bo
     console.print(f"[bold]review app[/]: {server.url}/  sign in as [bold]demo[/] (analyst) or "
                   f"[bold]demo-lead[/] (lead), password [bold]{password}[/]")  # fmt: skip
     console.print(f"    {shown:,} demo cases in the queue (read from the queue page over HTTP)")
+    if screenshots is not None:
+        from engine.review.screenshots import capture
+
+        for path in capture(server.url, "demo-lead", password, screenshots):
+            console.print(f"    screenshot: {path}")
     if not serve:
         console.print("    not interactive: stopping now (riskstream demo --serve keeps it up)")
         return

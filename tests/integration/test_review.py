@@ -166,7 +166,8 @@ def test_the_cli_lists_shows_and_decides_like_the_pages(
     labels_topic = f"lb-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [labels_topic], 1)
     env = {"RISKSTREAM_REDIS_URL": redis_url, "RISKSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
-           "RISKSTREAM_TOPIC_LABELS": labels_topic, "RISKSTREAM_DATA_DIR": str(tmp_path)}  # fmt: skip
+           "RISKSTREAM_TOPIC_LABELS": labels_topic,
+           "RISKSTREAM_DATA_DIR": str(tmp_path)}  # fmt: skip
     cases = synthetic_cases(200, seed=5)
     fill(redis_client, cases)
 
@@ -177,7 +178,8 @@ def test_the_cli_lists_shows_and_decides_like_the_pages(
     listed = _cli(env, "list", "--country", "KP", "--size", "500", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [r["event_id"] for r in rows] == _reference(cases, QueueFilter(country="KP"), time.time())
+    want = _reference(cases, QueueFilter(country="KP"), time.time())
+    assert [r["event_id"] for r in rows] == want
     # The same page through the service the web app uses.
     svc = ReviewService(Settings(redis_url=redis_url))
     assert [r["event_id"] for r in svc.page(QueueFilter(country="KP", size=500)).rows] == [
