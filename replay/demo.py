@@ -186,7 +186,8 @@ def _review_app(
     stack.enter_context(server)
     shown = _queue_shown(server.url, "demo", password)
     console.print(f"[bold]review app[/]: {server.url}/  sign in as [bold]demo[/] (analyst) or "
-                  f"[bold]demo-lead[/] (lead), password [bold]{password}[/]")  # fmt: skip
+                  f"[bold]demo-lead[/] (lead), password [bold]{password}[/]",
+                  soft_wrap=True)  # fmt: skip
     console.print(f"    {shown:,} demo cases in the queue (read from the queue page over HTTP)")
     if screenshots is not None:
         from engine.review.screenshots import capture

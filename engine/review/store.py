@@ -93,10 +93,13 @@ def add_cases(pipe: redis.client.Pipeline, cases: Sequence[dict[str, Any]]) -> N
 
 _HISTORY = """
 local n, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a = 3
 for i = 1, #KEYS do
-  redis.call('LPUSH', KEYS[i], ARGV[i + 2])
-  redis.call('LTRIM', KEYS[i], 0, n - 1)
+  local k = tonumber(ARGV[a])
+  local len = redis.call('LPUSH', KEYS[i], unpack(ARGV, a + 1, a + k))
+  if len > n then redis.call('LTRIM', KEYS[i], 0, n - 1) end
   redis.call('EXPIRE', KEYS[i], ttl)
+  a = a + k + 1
 end
 return #KEYS
 """
@@ -108,22 +111,28 @@ def record_history(
     records: Sequence[Mapping[str, Any]],
     keep: int = HISTORY_LEN,
 ) -> None:
-    """Append each decision to its card's and merchant's recent history (one script call)."""
+    """Append each decision to its card's and merchant's recent history (one script call,
+    one LPUSH per distinct card or merchant)."""
     if not decisions:
         return
-    keys: list[str] = []
-    args: list[bytes] = []
+    lists: dict[str, list[bytes]] = {}
+    dumps = orjson.dumps
     for d, txn in zip(decisions, records, strict=True):
         merchant = str(txn.get("merchant_id") or "")
-        entry = orjson.dumps(
+        entry = dumps(
             {"event_id": d.event_id, "ts": d.ts, "amount": d.amount, "score": d.score,
              "decision": d.decision, "card_id": d.card_id, "merchant_id": merchant,
              "currency": txn.get("currency") or ""}  # fmt: skip
         )
-        keys += [f"{HIST_PREFIX}card:{d.card_id}", f"{HIST_PREFIX}merchant:{merchant}"]
-        args += [entry, entry]
+        lists.setdefault(f"{HIST_PREFIX}card:{d.card_id}", []).append(entry)
+        lists.setdefault(f"{HIST_PREFIX}merchant:{merchant}", []).append(entry)
+    args: list[bytes | int] = [keep, HISTORY_TTL_SECONDS]
+    for entries in lists.values():
+        kept = entries[-keep:]  # pushed in order: the newest ends up first
+        args.append(len(kept))
+        args.extend(kept)
     script = pipe.register_script(_HISTORY)
-    script(keys=keys, args=[keep, HISTORY_TTL_SECONDS, *args], client=pipe)
+    script(keys=list(lists), args=args, client=pipe)
 
 
 def history(client: redis.Redis, card_id: str, merchant_id: str) -> dict[str, list[Any]]:
