@@ -41,8 +41,9 @@ test-fast: setup ## Unit tests only
 	$(BIN)/pytest -q -m "not integration and not e2e"
 
 .PHONY: bench
-bench: setup ## Benchmarks: writes .bench/results.json and prints it as a table
+bench: setup ## Benchmarks: .bench/results.json (pipeline) and .bench/review-paging.json (review queue pages)
 	$(BIN)/riskstream bench
+	$(BIN)/riskstream review bench --cases 100000 --out .bench/review-paging.json
 
 .PHONY: review-screenshots
 review-screenshots: setup test-tools ## Review pages in chromium: the demo's cases and the browser test's, in .bench/review/

@@ -81,7 +81,15 @@ class LabelPublisher:
 
 
 def reason_words(reason: str, rules: Mapping[str, str], features: Mapping[str, float]) -> str:
-    """A reason code in words: a rule's description, a model contribution, a threshold."""
+    """A reason code in words: a rule's description, a model contribution, a threshold.
+
+    >>> reason_words("rule:big", {"big": "A very large amount."}, {})
+    'A very large amount.'
+    >>> reason_words("model:card_id_count_1h", {}, {"card_id_count_1h": 9.0})
+    'model: card_id_count_1h = 9'
+    >>> reason_words("score>=0.5", {}, {})
+    'score at or above 0.5'
+    """
     kind, _, rest = reason.partition(":")
     if kind == "rule":
         return rules.get(rest) or f"rule {rest}"
@@ -96,7 +104,14 @@ def reason_words(reason: str, rules: Mapping[str, str], features: Mapping[str, f
 
 
 def percentile(hist: Mapping[str, Any], value: float) -> float | None:
-    """Where ``value`` falls in a reference histogram, in percent (linear within a bin)."""
+    """Where ``value`` falls in a reference histogram, in percent: linear within a bin, the
+    middle of an open-ended one (so a value equal to a point mass, e.g. a count of 0 that most
+    training rows share, reads as its mid-rank).
+
+    >>> h = {"edges": [0.0, 10.0], "counts": [50, 40, 10]}
+    >>> percentile(h, 0.0), percentile(h, 5.0), percentile(h, 99.0)
+    (25.0, 70.0, 95.0)
+    """
     if value is None or not math.isfinite(value):
         return None
     edges = [float(e) for e in hist.get("edges", [])]
@@ -111,8 +126,8 @@ def percentile(hist: Mapping[str, Any], value: float) -> float | None:
         if hi is not None and value > hi:
             below += c
             continue
-        if lo is None or hi is None or hi <= lo:
-            frac = 1.0 if (hi is not None and value >= hi) else 0.5
+        if lo is None or hi is None or hi <= lo:  # an open-ended bin: its middle
+            frac = 0.5
         else:
             frac = (value - lo) / (hi - lo)
         return 100.0 * (below + frac * c) / total
@@ -175,7 +190,7 @@ class ReviewService:
             r["holder"] = h
             r["reason_words"] = [
                 reason_words(x, rules, {}) for x in r["reasons"] if not x.startswith("model:")
-            ] + [x.split(":", 1)[1] for x in r["reasons"] if x.startswith("model:")]
+            ] + [f"model: {x[6:]}" for x in r["reasons"] if x.startswith("model:")]
         if self._facets[0] != page.version:
             self._facets = (page.version, self.index.facets())
         page.facets = self._facets[1]

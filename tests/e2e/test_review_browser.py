@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SESSION_SECONDS = 20
-T0 = 1767225600000
+T0 = 1768003200000  # 2026-01-10, after the simulated days the champion learned from
 
 
 def _db(url: str, db: int) -> str:
@@ -63,6 +63,37 @@ def _add_user(env: dict[str, str], name: str, password: str, role: str) -> None:
     )  # fmt: skip
 
 
+def _train_champion(redis_url: str, data_dir: Path) -> str:
+    """A small LightGBM champion trained on features the pipeline computed over simulated days
+    (so the case page has real contributions and training-reference percentiles)."""
+    import numpy as np
+
+    from engine.build import build_service
+    from engine.settings import Settings
+    from engine.sinks import NullSink
+    from models.reference import reference_histograms
+    from models.registry import ModelRegistry
+    from models.train import train_lightgbm
+    from replay.backtest import feature_log
+    from replay.simulate import simulate
+
+    df = simulate(days=5, seed=11, n_customers=400, n_merchants=80)
+    labels = df.loc[df["is_fraud"], ["event_id", "ts", "is_fraud"]].copy()
+    labels["ts"] += 86_400_000
+    settings = Settings(redis_url=redis_url, data_dir=data_dir)
+    service = build_service(settings, sink=NullSink(), use_registry=False, live=False)
+    x, names, _ = feature_log(service, df, labels)
+    y = df["is_fraud"].to_numpy()
+    cut = int(len(x) * 0.8)
+    result = train_lightgbm(x[:cut], y[:cut], names, x[cut:], y[cut:], num_boost_round=40)
+    registry = ModelRegistry(settings.models_dir)
+    version = registry.register(result.scorer, {"source": "browser-test",
+                                "reference_histograms": reference_histograms(x, names)})
+    registry.promote(version)
+    assert np.isfinite(x).any()
+    return version
+
+
 def _no_pan(page: object) -> None:
     assert not contains_pan(page.content())  # type: ignore[attr-defined]
 
@@ -82,6 +113,7 @@ def test_analyst_reviews_a_case_in_chromium(stack: dict[str, str], tmp_path: Pat
            "RISKSTREAM_REVIEW_SESSION_SECONDS": str(SESSION_SECONDS)}  # fmt: skip
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
+    champion = _train_champion(redis_url, tmp_path)
     bootstrap = stack["RISKSTREAM_KAFKA_BOOTSTRAP"]
     ensure_topics(bootstrap, list(topics.values()), 1)
     # Every 5th from a high-risk country and every 7th very large: review cases by rule.
@@ -180,6 +212,12 @@ def test_analyst_reviews_a_case_in_chromium(stack: dict[str, str], tmp_path: Pat
         expect(ann.locator("#rules")).to_contain_text("A single very large transaction.")
         expect(ann.locator("#transaction")).to_contain_text("card_")
         expect(ann.locator("#features")).to_contain_text("card_id_count_1h")
+        assert decisions[target]["model"] == champion
+        contributions = ann.locator("#contributions tbody tr")
+        assert contributions.count() == len(decisions[target]["contributions"]) > 0
+        expect(contributions.first).to_contain_text(decisions[target]["contributions"][0]["feature"])
+        percentiles = ann.locator("#features tbody tr td:nth-child(3)").all_inner_texts()
+        assert sum(p.strip().isdigit() for p in percentiles) >= 10
         card_rows = ann.locator(".panel:has(h2:text('Card history')) tbody tr").count()
         card = decisions[target]["card_id"]
         assert card_rows == sum(1 for d in decisions.values() if d["card_id"] == card)
@@ -248,6 +286,15 @@ def test_analyst_reviews_a_case_in_chromium(stack: dict[str, str], tmp_path: Pat
         csv_text = lee.request.get(server.url + "/lead/audit.csv").text()  # type: ignore[attr-defined]
         assert f",ann,analyst,verdict,{target},open,fraud," in csv_text
         lee.screenshot(path=str(shots / "lead.png"), full_page=True)  # type: ignore[attr-defined]
+
+        # The lead re-opens the case: back in the queue, audited with before and after.
+        lee.goto(f"{server.url}/case/{target}")  # type: ignore[attr-defined]
+        lee.fill("input[name=comment]", "second look")  # type: ignore[attr-defined]
+        lee.click("#reopen")  # type: ignore[attr-defined]
+        expect(lee.locator("#claim")).to_contain_text("Claimed by you")  # type: ignore[attr-defined]
+        assert client.zscore(QUEUE_KEY, target) is not None
+        csv_text = lee.request.get(server.url + "/lead/audit.csv").text()  # type: ignore[attr-defined]
+        assert f",lee,lead,reopen,{target},fraud by ann,open,second look" in csv_text
 
         # The idle session expired: back to sign-in, and its POST is refused.
         time.sleep(max(0.0, SESSION_SECONDS + 1 - (time.monotonic() - idle_since)))
