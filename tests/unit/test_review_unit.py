@@ -1,4 +1,4 @@
-"""Review app pieces without servers: doctests, percentiles, the plot, rendering never shows a PAN."""
+"""Review app pieces without servers: doctests, percentiles, the plot, no PAN on a page."""
 
 from __future__ import annotations
 
