@@ -206,3 +206,61 @@ def test_the_cli_lists_shows_and_decides_like_the_pages(
     assert redis_client.hlen(OUTBOX_KEY) == 0
     after = _cli(env, "list", "--country", "KP", "--size", "500", "--json")
     assert target not in after.stdout
+
+
+@pytest.mark.slow
+def test_lead_figures_follow_later_chargebacks_and_reassign_is_audited(
+    redis_client: redis.Redis, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from confluent_kafka import Producer
+
+    from engine.review.service import OutcomeFollower
+    from engine.review.users import User
+
+    labels_topic = f"lb-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [labels_topic], 1)
+    settings = Settings(redis_url=redis_url, kafka_bootstrap=kafka_bootstrap,
+                        topic_labels=labels_topic, data_dir=tmp_path, app_id="t-outcomes")  # fmt: skip
+    fill(redis_client, synthetic_cases(20, seed=2))
+    svc = ReviewService(settings)
+    ann, lee = User("ann", "analyst"), User("lee", "lead")
+    # Four final verdicts: two "fraud" (one later confirmed, one contradicted), two "legitimate"
+    # (one later charged back: a missed fraud).
+    for eid, verdict in (("bench-0", "fraud"), ("bench-1", "fraud"),
+                         ("bench-2", "legitimate"), ("bench-3", "legitimate")):  # fmt: skip
+        assert svc.store.claim(eid, "ann")["ok"]
+        svc.decide(eid, ann, verdict)
+    prod = Producer({"bootstrap.servers": kafka_bootstrap})
+    for eid, is_fraud in (("bench-0", True), ("bench-1", False), ("bench-3", True),
+                          ("not-a-case", True)):  # fmt: skip
+        label = {"event_id": eid, "ts": 1768003200000, "is_fraud": is_fraud,
+                 "source": "chargeback" if is_fraud else "confirmed"}  # fmt: skip
+        prod.produce(labels_topic, orjson.dumps(label))
+    prod.flush(10)
+    follower = OutcomeFollower(settings, svc.store)
+    follower.start()
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.hlen("rs:review:outcomes") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        follower.stopping.set()
+        follower.join(10)
+    figures = svc.lead_figures()
+    assert figures["outcomes_known"] == 3  # the analyst labels and the non-case are not kept
+    assert (figures["fraud_verdicts"], figures["fraud_confirmed"]) == (2, 1)
+    assert figures["fraud_precision"] == 0.5
+    assert (figures["legit_verdicts"], figures["legit_with_chargeback"]) == (2, 1)
+    assert figures["legit_missed_rate"] == 0.5
+    assert figures["rows"][0]["analyst"] == "ann" and figures["rows"][0]["total"] == 4
+
+    # Re-assign: bob holds the case now, ann cannot decide it, and the audit says who moved it.
+    assert svc.store.claim("bench-5", "ann")["ok"]
+    svc.reassign("bench-5", lee, User("bob", "analyst"))
+    assert not svc.store.decide("bench-5", "ann", "fraud", "", None)["ok"]
+    with pytest.raises(Exception, match="only a lead"):
+        svc.reassign("bench-5", ann, lee)
+    last = svc.store.audit_log(1)[0]
+    assert (last["actor"], last["action"], last["before"], last["after"]) == (
+        "lee", "reassign", "ann", "bob"
+    )
