@@ -220,7 +220,8 @@ def test_lead_figures_follow_later_chargebacks_and_reassign_is_audited(
     labels_topic = f"lb-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [labels_topic], 1)
     settings = Settings(redis_url=redis_url, kafka_bootstrap=kafka_bootstrap,
-                        topic_labels=labels_topic, data_dir=tmp_path, app_id="t-outcomes")  # fmt: skip
+                        topic_labels=labels_topic, data_dir=tmp_path,
+                        app_id="t-outcomes")  # fmt: skip
     fill(redis_client, synthetic_cases(20, seed=2))
     svc = ReviewService(settings)
     ann, lee = User("ann", "analyst"), User("lee", "lead")
