@@ -1,17 +1,21 @@
 """The analyst review app in a real browser (Debian chromium driven by Playwright), against a
 review server and a worker started here on the session's real Valkey and Tansu.
 
-Steps: a worker scores transactions (some raise review cases by rule); users are created with the
-CLI; the review server is started with ``riskstream review serve``. In chromium: a bad password is
-refused; sign in; the queue lists exactly the cases the worker queued, ranked by expected loss;
-filtering by reason keeps exactly the matching cases; a transaction sent while the page is open
-appears without a reload; open a case (claims it); a second browser context (another analyst)
-sees the claim and its verdict is refused; a forged CSRF token is refused; decide "fraud"; the
-label appears on the labels topic (source analyst, the analyst, the event id) and the worker's
-learned-label count moves; the other analyst now sees "already decided by"; a session idle past
-its lifetime is sent back to sign-in and its POST refused; the lead page shows the verdict and
-the audit CSV has it. Screenshots of the queue and case pages go to
-``$RISKSTREAM_REVIEW_SCREENSHOTS`` (``make review-screenshots`` sets ``.bench/review``).
+Steps: a small LightGBM champion is trained on simulated days (through the pipeline) and
+promoted; a worker scores transactions (some raise review cases by rule); users are created with
+the CLI; the review server is started with ``riskstream review serve``. In chromium: a bad
+password is refused; sign in (HttpOnly, SameSite=Strict cookie); the queue lists exactly the
+cases the worker queued, ranked by expected loss; filtering by reason keeps exactly the matching
+cases; paging shows the right ranks; a transaction sent while the page is open appears without a
+reload; open a case (claims it; contributions, rule descriptions, card history, training
+percentiles shown); a second browser context (another analyst) sees who holds it in the queue
+and on the case page, and its verdict is refused; a forged CSRF token is refused; decide
+"fraud"; the label appears on the labels topic (source analyst, the analyst, the event id) and
+the worker's learned-label count moves; the other analyst now sees "already decided by" and a
+second verdict is refused (still one label); the review metrics moved; the lead page shows the
+verdict and the audit CSV has it; the lead re-opens the case; a session idle past its lifetime
+is sent back to sign-in and its POST refused. Screenshots go to
+``$RISKSTREAM_REVIEW_SCREENSHOTS`` (``make review-screenshots`` sets ``.bench/review/test``).
 """
 
 from __future__ import annotations
@@ -194,6 +198,14 @@ def test_analyst_reviews_a_case_in_chromium(stack: dict[str, str], tmp_path: Pat
         assert set(rows) == queued & large
         ann.screenshot(path=str(shots / "queue-filtered.png"), full_page=True)
 
+        # Paging: page 2 of 5 per page is ranks 6-10.
+        ann.goto(server.url + "/?size=5&page=2")
+        rows = ann.locator("#rows tr").evaluate_all("rs => rs.map(r => r.dataset.event)")
+        assert rows == ranked[5:10]
+        ann.click("#next")
+        rows = ann.locator("#rows tr").evaluate_all("rs => rs.map(r => r.dataset.event)")
+        assert rows == ranked[10:15]
+
         # A new case shows up on the open page without a reload.
         ann.goto(server.url + "/")
         ann.evaluate("window.__noReload = 42")
@@ -229,6 +241,10 @@ def test_analyst_reviews_a_case_in_chromium(stack: dict[str, str], tmp_path: Pat
         bob = sign_in("bob", "bob-secret-1")
         bob.goto(f"{server.url}/case/{target}")  # type: ignore[attr-defined]
         expect(bob.locator("#claimed")).to_contain_text("Claimed by ann")  # type: ignore[attr-defined]
+        bob.goto(f"{server.url}/?reason=rule:large_amount")  # type: ignore[attr-defined]
+        held = bob.locator(f'tr[data-event="{target}"] .holder')  # type: ignore[attr-defined]
+        expect(held).to_have_text("ann")
+        bob.goto(f"{server.url}/case/{target}")  # type: ignore[attr-defined]
         bob.check("input[value=legitimate]")  # type: ignore[attr-defined]
         bob.click("#decide")  # type: ignore[attr-defined]
         expect(bob.locator("#message")).to_contain_text("claimed by ann")  # type: ignore[attr-defined]
