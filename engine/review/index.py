@@ -85,7 +85,8 @@ class QueueIndex:
         self._cat = {k: np.zeros(capacity, dtype=np.int32) for k in _CATEGORICAL}
         self._codes: dict[str, dict[str, int]] = {k: {} for k in _CATEGORICAL}
         self._alive = np.zeros(capacity, dtype=bool)
-        self._rows: list[dict[str, Any] | None] = []
+        #: Each case's summary as stored (JSON bytes): decoded only for the rows a page shows.
+        self._rows: list[bytes | None] = []
         self._pos: dict[str, int] = {}
         self._postings: dict[str, list[int]] = {}
 
@@ -115,10 +116,10 @@ class QueueIndex:
 
     def upsert(self, summaries: Iterable[Mapping[str, Any]], status: str) -> None:
         with self._lock:
-            self._upsert(summaries, status)
+            self._upsert(((s, orjson.dumps(s)) for s in summaries), status)
 
-    def _upsert(self, summaries: Iterable[Mapping[str, Any]], status: str) -> None:
-        for s in summaries:
+    def _upsert(self, items: Iterable[tuple[Mapping[str, Any], bytes]], status: str) -> None:
+        for s, raw in items:
             eid = s["event_id"]
             old = self._pos.get(eid)
             if old is not None:
@@ -132,8 +133,7 @@ class QueueIndex:
                 self._cat[k][row] = self._code(k, str(s[k]))
             self._cat["status"][row] = self._code("status", status)
             self._alive[row] = True
-            rec = {**s, "status": status}
-            self._rows.append(rec)
+            self._rows.append(raw)
             self._pos[eid] = row
             for r in set(s["reasons"]):
                 self._postings.setdefault(r, []).append(row)
@@ -154,10 +154,12 @@ class QueueIndex:
         dead = self._n - len(self._pos)
         if dead <= max(1024, len(self._pos)):
             return
-        live = [r for r in self._rows if r is not None]
+        codes = {c: v for v, c in self._codes["status"].items()}
+        status = self._cat["status"]
+        live = [(r, codes[int(status[i])]) for i, r in enumerate(self._rows) if r is not None]
         self._reset(max(1024, len(live) * 2))
-        for status in STATUSES:
-            self._upsert([r for r in live if r["status"] == status], status)
+        for st in STATUSES:
+            self._upsert(((orjson.loads(r), r) for r, s in live if s == st), st)
 
     # -- keeping current with Redis ------------------------------------------------------------
 
@@ -174,7 +176,7 @@ class QueueIndex:
             self._reset(max(1024, len(summaries) * 2))
             for ids, status in ((open_ids, "open"), (info_ids, "needinfo")):
                 rows = (summaries.get(i) for i in ids)
-                self._upsert((orjson.loads(r) for r in rows if r is not None), status)
+                self._upsert(((orjson.loads(r), r) for r in rows if r is not None), status)
             self.version = last[0][0].decode() if last else "0-0"
 
     def refresh(self, client: redis.Redis) -> bool:
@@ -208,7 +210,7 @@ class QueueIndex:
                 if r is None:
                     self._kill(e)
                     continue
-                self._upsert([orjson.loads(r)], "open" if q is not None else "needinfo")
+                self._upsert([(orjson.loads(r), r)], "open" if q is not None else "needinfo")
             self.version = entries[-1][0].decode()
             self._compact()
         if len(entries) == 10_000:
@@ -258,8 +260,11 @@ class QueueIndex:
             page = min(max(1, flt.page), pages)
             start = (page - 1) * size
             order = _top(idx, self._num["expected_loss"][:n], queued, start + size)
-            rows = [dict(self._rows[i] or {}) for i in order[start : start + size]]
+            status_names = {c: v for v, c in self._codes["status"].items()}
+            status = self._cat["status"]
+            picked = [(self._rows[i], int(status[i])) for i in order[start : start + size]]
             version = self.version
+        rows = [{**orjson.loads(r or b"{}"), "status": status_names[c]} for r, c in picked]
         for r in rows:
             r["age_seconds"] = max(0.0, now - r["queued_at"])
         return QueuePage(rows, total, page, pages, version, time.perf_counter() - t0)
