@@ -25,6 +25,10 @@ import orjson
 import redis
 
 USERS_KEY = "rs:review:users"
+#: Failed sign-ins per user name (any name, existing or not, so it reveals nothing).
+FAILS_PREFIX = "rs:review:fails:"
+MAX_FAILS = 10
+LOCK_SECONDS = 900
 SESSION_PREFIX = "rs:review:session:"
 ROLES = ("analyst", "lead")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
@@ -105,13 +109,26 @@ class Accounts:
             key=lambda u: u.name,
         )
 
+    def locked(self, name: str) -> bool:
+        """Too many failed sign-ins for ``name`` lately (password guessing is slowed down)."""
+        return int(self.redis.get(FAILS_PREFIX + name) or 0) >= MAX_FAILS
+
     def authenticate(self, name: str, password: str) -> User | None:
-        raw = self.redis.hget(USERS_KEY, name)
-        if raw is None:
-            verify_password(password, _DUMMY)
+        """The user, or None for a wrong name or password or a locked name."""
+        if self.locked(name):
             return None
-        rec = orjson.loads(raw)
-        return User(rec["name"], rec["role"]) if verify_password(password, rec) else None
+        raw = self.redis.hget(USERS_KEY, name)
+        rec = orjson.loads(raw) if raw is not None else None
+        ok = verify_password(password, rec if rec is not None else _DUMMY) and rec is not None
+        key = FAILS_PREFIX + name
+        if not ok:
+            pipe = self.redis.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, LOCK_SECONDS)
+            pipe.execute()
+            return None
+        self.redis.delete(key)
+        return User(rec["name"], rec["role"]) if rec is not None else None
 
     # -- sessions -----------------------------------------------------------------------------
 

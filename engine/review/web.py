@@ -218,8 +218,11 @@ def create_review_app(
             raise Forbidden(msg)
         user = acc.authenticate(username.strip(), password)
         if user is None:
+            locked = acc.locked(username.strip())
+            error = "too many failed sign-ins: try again in 15 minutes" if locked else ""
+            error = error or "wrong user name or password"
             return render("login.html", status=401, csrf=csrf, expired=False, next=next,
-                          error="wrong user name or password", user=None)  # fmt: skip
+                          error=error, user=None)  # fmt: skip
         s = acc.open_session(user)
         target = next if next.startswith("/") and not next.startswith("//") else "/"
         resp = RedirectResponse(target, status_code=303)

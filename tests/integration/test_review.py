@@ -150,6 +150,9 @@ def test_passwords_are_salted_slow_hashes(redis_client: redis.Redis) -> None:
     assert acc.authenticate("ann", "long enough") is not None
     assert acc.authenticate("ann", "wrong one") is None
     assert acc.authenticate("nobody", "long enough") is None
+    for _ in range(10):  # password guessing locks the name for a while, right password or not
+        assert acc.authenticate("ann", "guess") is None
+    assert acc.locked("ann") and acc.authenticate("ann", "long enough") is None
 
 
 def _cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
