@@ -31,10 +31,20 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _service() -> Any:
+    """The review service on the configured Redis; one clear line if it cannot be reached."""
+    import redis
+
     from engine.review.service import ReviewService
     from engine.settings import Settings
 
-    return ReviewService(Settings())
+    settings = Settings()
+    svc = ReviewService(settings)
+    try:
+        svc.redis.ping()
+    except redis.RedisError as exc:
+        msg = f"cannot reach Redis at {settings.redis_url}: {exc}"
+        raise _fail(msg) from None
+    return svc
 
 
 @app.command()
@@ -50,7 +60,7 @@ def serve(
     from engine.settings import Settings
 
     settings = Settings()
-    service = ReviewService(settings)
+    service: ReviewService = _service()
     service.refresh()
     service.publish_outbox()  # labels of verdicts written while the broker was away
     follower = OutcomeFollower(settings, service.store)
