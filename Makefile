@@ -24,10 +24,13 @@ demo: setup ## Embedded stack, a simulated month, train, worker, stream the last
 	$(BIN)/riskstream demo
 
 .PHONY: test-tools
-test-tools: ## Debian tools the tests use: promtool (checks deploy/ alert rules)
+test-tools: ## Debian tools the tests use: promtool (alert rules), chromium (review app browser test)
 	@command -v promtool >/dev/null || { echo "installing prometheus (for promtool, Debian)"; \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) \
 	  >/dev/null 2>&1 || echo "warning: promtool could not be installed; its test is skipped"; }
+	@command -v chromium >/dev/null || { echo "installing chromium (Debian, for the browser test)"; \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) \
+	  >/dev/null 2>&1 || echo "warning: chromium could not be installed; the browser test is skipped"; }
 
 .PHONY: test
 test: setup test-tools ## Unit, integration (real Valkey + Tansu) and end-to-end tests
@@ -38,8 +41,19 @@ test-fast: setup ## Unit tests only
 	$(BIN)/pytest -q -m "not integration and not e2e"
 
 .PHONY: bench
-bench: setup ## Benchmarks: writes .bench/results.json and prints it as a table
+bench: setup ## Benchmarks: .bench/results.json (pipeline) and .bench/review-paging.json (review queue pages)
 	$(BIN)/riskstream bench
+	$(BIN)/riskstream review bench --cases 100000 --out .bench/review-paging.json
+
+.PHONY: review-screenshots
+review-screenshots: setup test-tools ## Review pages in chromium: the demo's cases and the browser test's, in .bench/review/
+	$(BIN)/riskstream demo --no-serve --screenshots .bench/review/demo
+	RISKSTREAM_REVIEW_SCREENSHOTS=.bench/review/test $(BIN)/pytest -q tests/e2e/test_review_browser.py
+	@ls -1 .bench/review/*/*.png
+
+.PHONY: review-bench
+review-bench: setup ## Review queue paging on 100,000 cases; writes .bench/review-paging.json
+	$(BIN)/riskstream review bench --cases 100000 --out .bench/review-paging.json
 
 .PHONY: benchmark-handbook
 benchmark-handbook: setup ## The handbook benchmark: 3 seeds, its protocol, beside its published figures

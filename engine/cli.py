@@ -31,11 +31,12 @@ console = Console(stderr=True)
 
 
 def _add_subcommands() -> None:
-    from engine import cli_models, cli_replay
+    from engine import cli_models, cli_replay, cli_review
     from engine.cli_rules import app as rules_app
 
     app.add_typer(rules_app, name="rules")
     app.add_typer(cli_models.app, name="models")
+    app.add_typer(cli_review.app, name="review")
     app.command("train")(cli_models.train)
     app.command("simulate")(cli_replay.simulate)
     app.command("replay")(cli_replay.replay)
@@ -114,11 +115,22 @@ def demo(
     seed: Annotated[int, typer.Option()] = 7,
     customers: Annotated[int, typer.Option(min=10)] = 3000,
     rate: Annotated[float, typer.Option(help="Events/s produced (0 = unpaced).")] = 2000,
+    serve: Annotated[
+        bool | None,
+        typer.Option(help="Keep the review app running until Ctrl-C (default: when interactive)."),
+    ] = None,
+    screenshots: Annotated[
+        Path | None, typer.Option(help="Save screenshots of the review pages here.")
+    ] = None,
 ) -> None:
-    """Simulate, train, run a worker and stream the last days through Kafka; print a summary."""
+    """Simulate, train, run a worker and stream the last days through Kafka; print a summary
+    and the review app's address with a demo analyst's sign-in."""
     from replay.demo import run_demo
 
-    run_demo(days=days, live_days=live_days, seed=seed, customers=customers, rate=rate)
+    if serve is None:
+        serve = sys.stdin.isatty() and sys.stdout.isatty()
+    run_demo(days=days, live_days=live_days, seed=seed, customers=customers, rate=rate,
+             serve=serve, screenshots=screenshots)  # fmt: skip
 
 
 @app.command()

@@ -100,6 +100,24 @@ LABELS_LEARNED = Counter(
     registry=REGISTRY,
 )
 
+REVIEW_VERDICTS = Counter(
+    "riskstream_review_verdicts_total",
+    "Analyst verdicts written, by verdict (fraud, legitimate, needs_more_info).",
+    ["verdict"],
+    registry=REGISTRY,
+)
+REVIEW_DECISION_SECONDS = Histogram(
+    "riskstream_review_decision_seconds",
+    "From an analyst's claim of a case to their verdict.",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
+    registry=REGISTRY,
+)
+REVIEW_QUEUE_AGE = Gauge(
+    "riskstream_review_queue_age_seconds",
+    "Age of the oldest open case in the review queue (0 when empty).",
+    registry=REGISTRY,
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition body and its content type, for /metrics."""

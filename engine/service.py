@@ -22,7 +22,7 @@ from engine import metrics
 from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
 from engine.protocols import BoolArray
-from engine.review.store import QUEUE_KEY, add_cases
+from engine.review.store import QUEUE_KEY, add_cases, record_history
 from engine.schemas import (
     ACCOUNT_EVENT,
     DUPLICATE,
@@ -296,7 +296,8 @@ class ScoringService:
             )
         add_cases(pipe, cases)
         pending = live and bool(fresh)  # labels parked for these transactions
-        if pending:
+        if pending:  # and the case page's card and merchant history
+            record_history(pipe, [scored.decisions[i] for i in fresh], [records[i] for i in fresh])
             pipe.hmget(PENDING_LABELS, [scored.decisions[i].event_id for i in fresh])
         pipe.zcard(QUEUE_KEY)
         replies = pipe.execute()

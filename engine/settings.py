@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
 
+    #: The analyst web app (``riskstream review serve``).
+    review_host: str = "127.0.0.1"
+    review_port: int = Field(default=6070, ge=0, le=65535)
+    #: Opening a case claims it for this long (renewed while the analyst keeps working it).
+    review_claim_seconds: int = Field(default=600, ge=1)
+    #: A session ends after this long without a request.
+    review_session_seconds: int = Field(default=8 * 3600, ge=1)
+    #: Signs session cookies; set it in production (a fixed dev key is not a secret).
+    review_secret: SecretStr = SecretStr("riskstream-review-dev-secret-change-me")
+    #: Send cookies over HTTPS only (set when the app is behind TLS).
+    review_cookie_secure: bool = False
+
     #: Key for keyed hashes of identifiers that must never be stored in clear.
     hash_key: SecretStr = SecretStr("riskstream-dev-key-change-me")
 

@@ -18,6 +18,9 @@ from engine.stack import free_port, wait_for_port
 class WorkerProcess:
     """A worker subprocess with its own web port; ``metrics()`` scrapes its /metrics."""
 
+    #: The ``riskstream`` subcommand this process runs.
+    command: tuple[str, ...] = ("worker",)
+
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env, "RISKSTREAM_WEB_PORT": str(self.port),
@@ -29,7 +32,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "engine.cli", "worker"],
+                [sys.executable, "-m", "engine.cli", *self.command],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         wait_for_port(self.port, timeout, self.proc)

@@ -7,11 +7,15 @@
 4. register + promote the model, teach the online model the labels known by then,
 5. start a worker, stream the last days through Kafka (a few malformed messages included, labels
    arriving a day of event time later), and read back every decision,
-6. print events scored, decisions by kind, queue depth, dead letters, throughput, latency, AP.
+6. print events scored, decisions by kind, queue depth, dead letters, throughput, latency, AP,
+7. start the review app on the demo's cases and print its address and a demo analyst's sign-in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import secrets
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,10 +30,13 @@ from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from engine.build import build_service
+from engine.review.process import ReviewServerProcess
 from engine.review.store import queue_depth
+from engine.review.users import Accounts
 from engine.settings import Settings
 from engine.sinks import NullSink
 from engine.worker_process import WorkerProcess, metric_value, wait_until
+from models.reference import reference_histograms
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay.backtest import feature_log
@@ -80,7 +87,10 @@ def _in_event_time(
     return [(topic, key, value) for _, topic, key, value in items]
 
 
-def run_demo(days: int, live_days: int, seed: int, customers: int, rate: float) -> dict[str, Any]:
+def run_demo(
+    days: int, live_days: int, seed: int, customers: int, rate: float, serve: bool = False,
+    screenshots: Path | None = None,
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     with ExitStack() as stack:
         console.print("[bold]1/6[/] servers: RISKSTREAM_* if set, else the embedded stack")
@@ -113,6 +123,7 @@ def run_demo(days: int, live_days: int, seed: int, customers: int, rate: float) 
         version = registry.register(result.scorer, {
             "train_start": int(ts.min()), "train_end": int(valid_from), "valid_end": int(cutoff),
             "metrics": result.metrics, "source": "demo",
+            "reference_histograms": reference_histograms(x[tr], names),
         })  # fmt: skip
         registry.promote(version)
         console.print(f"    model {version}: " + ", ".join(
@@ -157,7 +168,53 @@ def run_demo(days: int, live_days: int, seed: int, customers: int, rate: float) 
         summary = _summary(decisions, live, text, settings, t_done - t_stream, version)
         summary["demo_seconds"] = time.perf_counter() - t_start
         _print(summary)
+        _review_app(stack, worker_env, data_dir, serve, screenshots)
         return summary
+
+
+def _review_app(
+    stack: ExitStack, env: dict[str, str], data_dir: Path, serve: bool, screenshots: Path | None
+) -> None:
+    """Start the review app on the demo's cases and print where to sign in; with ``serve``
+    keep everything running until Ctrl-C, else check the queue page over HTTP and stop."""
+    password = secrets.token_urlsafe(9)
+    client = redis.Redis.from_url(env["RISKSTREAM_REDIS_URL"])
+    accounts = Accounts(client)
+    accounts.add_user("demo", password, "analyst")
+    accounts.add_user("demo-lead", password, "lead")
+    server = ReviewServerProcess(env, data_dir / "review.log")
+    stack.enter_context(server)
+    shown = _queue_shown(server.url, "demo", password)
+    console.print(f"[bold]review app[/]: {server.url}/  sign in as [bold]demo[/] (analyst) or "
+                  f"[bold]demo-lead[/] (lead), password [bold]{password}[/]",
+                  soft_wrap=True)  # fmt: skip
+    console.print(f"    {shown:,} demo cases in the queue (read from the queue page over HTTP)")
+    if screenshots is not None:
+        from engine.review.screenshots import capture
+
+        for path in capture(server.url, "demo-lead", password, screenshots):
+            console.print(f"    screenshot: {path}")
+    if not serve:
+        console.print("    not interactive: stopping now (riskstream demo --serve keeps it up)")
+        return
+    console.print("    press Ctrl-C to stop the demo")
+    with contextlib.suppress(KeyboardInterrupt):
+        while server.alive():
+            time.sleep(0.5)
+
+
+def _queue_shown(url: str, user: str, password: str) -> int:
+    """Sign in like a browser and read the queue's case count off the page."""
+    import httpx
+
+    with httpx.Client(base_url=url, follow_redirects=True, timeout=30) as http:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text)
+        page = http.post(
+            "/login",
+            data={"username": user, "password": password, "csrf": csrf.group(1) if csrf else ""},
+        ).text
+    total = re.search(r'<strong id="total">(\d+)</strong>', page)
+    return int(total.group(1)) if total else 0
 
 
 def _summary(

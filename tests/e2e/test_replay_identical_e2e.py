@@ -30,7 +30,6 @@ across cards (merchant, device, ip, customer) depend on the interleaving.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from replay.kafka_io import read_topic
 from replay.replay import ReplayOptions, replay_inprocess, replay_kafka
 from replay.simulate import simulate
 from replay.sources import write_transactions
+from tests.e2e.topics import unique_topics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -177,12 +177,7 @@ def test_inprocess_and_kafka_replay_decide_identically(
     assert len({d["score"] for d in inproc.values()}) > 50  # the model really scores
 
     # (b) into Kafka as fast as possible, consumed by a worker on database 2
-    suffix = uuid.uuid4().hex[:8]
-    topics = {
-        "RISKSTREAM_TOPIC_TRANSACTIONS": f"tx-{suffix}", "RISKSTREAM_TOPIC_EVENTS": f"ev-{suffix}",
-        "RISKSTREAM_TOPIC_LABELS": f"lb-{suffix}", "RISKSTREAM_TOPIC_SCORES": f"sc-{suffix}",
-        "RISKSTREAM_TOPIC_REVIEW": f"rq-{suffix}", "RISKSTREAM_TOPIC_DEAD_LETTER": f"dl-{suffix}",
-    }  # fmt: skip
+    suffix, topics = unique_topics()
     env = {
         **stack, **topics, "RISKSTREAM_REDIS_URL": _fresh_db(base.redis_url, 2),
         "RISKSTREAM_APP_ID": f"replay-{suffix}", "RISKSTREAM_DATA_DIR": str(data_dir),
