@@ -25,6 +25,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 DEFAULT_BINS = 10
+#: Percentile grid stored beside the deciles for the two-sample KS statistic (models/drift.py).
+KS_BINS = 100
 #: Added to every bin's share in :func:`population_stability_index` so empty bins stay finite.
 PSI_EPSILON = 1e-4
 
