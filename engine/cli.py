@@ -31,11 +31,12 @@ console = Console(stderr=True)
 
 
 def _add_subcommands() -> None:
-    from engine import cli_models, cli_replay
+    from engine import cli_drift, cli_models, cli_replay
     from engine.cli_rules import app as rules_app
 
     app.add_typer(rules_app, name="rules")
     app.add_typer(cli_models.app, name="models")
+    app.add_typer(cli_drift.app, name="drift")
     app.command("train")(cli_models.train)
     app.command("simulate")(cli_replay.simulate)
     app.command("replay")(cli_replay.replay)

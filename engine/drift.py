@@ -32,6 +32,9 @@ from models.drift import decision_codes as _codes
 
 log = logging.getLogger(__name__)
 
+#: Functions of the event's clock, not of the population: a window of the last N transactions
+#: always covers a few hours of one day, so these would "drift" every night and every weekend.
+CALENDAR_FEATURES = ("hour_of_day", "is_weekend", "is_night")
 HIST_PREFIX = "rs:drift:hist:"
 HIST_TTL_SECONDS = 35 * 86400
 N_FIELD = "#n"
@@ -59,7 +62,9 @@ def load_reference(models_dir: Path, version: str, feature_names: Sequence[str])
     except Exception:
         log.exception("no metadata for model %s: no drift reference", version)
         return DriftReference([], version)
-    return DriftReference.from_metadata(meta.get("reference_histograms"), feature_names, version)
+    return DriftReference.from_metadata(
+        meta.get("reference_histograms"), feature_names, version, exclude=CALENDAR_FEATURES
+    )
 
 
 def hour_fields(reference: DriftReference, hc: HourCounts) -> list[str | int]:
@@ -123,6 +128,7 @@ class DriftTracker:
         self._flushed_at = time.monotonic()
         self._reported = dict.fromkeys(DETECTORS, 0)
         self._last_hour: int | None = None
+        self._gauges: dict[str, list[tuple[Any, Any, Any]]] = {}
         self._add_counts = client.register_script(_ADD_COUNTS) if client is not None else None
 
     # -- transactions ----------------------------------------------------------------------
@@ -145,8 +151,9 @@ class DriftTracker:
             (d.score if d.mode == "normal" else math.nan for d in ds), dtype=np.float64, count=n
         )
         ts = np.fromiter((d.ts for d in ds), dtype=np.int64, count=n)
-        x = scored.features[:, self._cols]
-        self.monitor.update_batch(x, scores, ts, _codes([d.decision for d in ds]))
+        self.monitor.update_batch(
+            scored.features, scores, ts, _codes([d.decision for d in ds]), self._cols
+        )
         self._export()
         if time.monotonic() - self._flushed_at >= self.log_seconds:
             self.flush()
@@ -163,6 +170,7 @@ class DriftTracker:
         self.monitor = DriftMonitor(reference, self.window, self.min_rows, self.lateness_ms)
         self._reported = dict.fromkeys(DETECTORS, 0)
         self._last_hour = None
+        self._gauges = {}
         self._pending_version = version
         for gauge in (metrics.FEATURE_PSI, metrics.FEATURE_KS, metrics.FEATURE_MISSING_RATIO,
                       metrics.SCORE_PSI, metrics.SCORE_KS):  # fmt: skip
@@ -183,14 +191,25 @@ class DriftTracker:
         self._count_detections()
 
     def _set(self, window: str, st: Any) -> None:
-        for i, name in enumerate(st.names):
-            if name == SCORE:
-                metrics.SCORE_PSI.labels(window).set(st.psi[i])
-                metrics.SCORE_KS.labels(window).set(st.ks[i])
-            else:
-                metrics.FEATURE_PSI.labels(name, window).set(st.psi[i])
-                metrics.FEATURE_KS.labels(name, window).set(st.ks[i])
-                metrics.FEATURE_MISSING_RATIO.labels(name, window).set(st.missing_ratio[i])
+        gauges = self._gauges.get(window)
+        if gauges is None:  # label lookups once per reference, not per batch
+            gauges = self._gauges[window] = [
+                (metrics.SCORE_PSI.labels(window), metrics.SCORE_KS.labels(window), None)
+                if name == SCORE
+                else (
+                    metrics.FEATURE_PSI.labels(name, window),
+                    metrics.FEATURE_KS.labels(name, window),
+                    metrics.FEATURE_MISSING_RATIO.labels(name, window),
+                )
+                for name in st.names
+            ]
+        for (psi, ks, missing), p, k, m in zip(
+            gauges, st.psi.tolist(), st.ks.tolist(), st.missing_ratio.tolist(), strict=True
+        ):
+            psi.set(p)
+            ks.set(k)
+            if missing is not None:
+                missing.set(m)
         for d, share in st.decisions.items():
             metrics.DECISION_RATIO.labels(d, window).set(share)
         metrics.DRIFT_WINDOW_TRANSACTIONS.labels(window).set(st.n)

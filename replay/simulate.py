@@ -518,12 +518,14 @@ def _account_takeover(
 class DriftScenario:
     """A shift of the world from ``start_day`` (days after the start) until ``end_day``.
 
-    Three changes on-call should see: the amounts of merchant category ``mcc`` multiplied by
+    Three changes on-call should see: the amounts of merchant category ``mcc`` (or several,
+    comma-separated) multiplied by
     ``amount_factor``; a new population of devices (``devnew_*``, ``n_new_devices`` of them
     shared by many customers, as after an app release or with a device farm) taking
-    ``device_share`` of e-commerce payments; and a fraud wave (card testing and account takeover
-    at ``fraud_factor`` times their usual rate). Everything before ``start_day`` is the very
-    same as without drift (the drift draws from its own random stream).
+    ``device_share`` of e-commerce payments; and a fraud wave (card testing, account takeover
+    and compromised merchants at ``fraud_factor`` times their usual rate). Everything before
+    ``start_day`` is the very same as without drift (the drift draws from its own random
+    stream).
     """
 
     start_day: float
@@ -559,6 +561,17 @@ def _drift_parts(
         _card_testing(rng, w, wave_dev, int(extra), hi - lo),
         _account_takeover(rng, w, wave_dev, int(extra), hi - lo),
     ] if extra >= 1 else []  # fmt: skip
+    # compromised merchants: fraud_factor - 1 more surges inside the window (their later abuse
+    # of exposed cards falls after it and is left out)
+    days = max(1, -(-(hi - lo) // _MS_DAY))
+    inside = (legit.ts >= lo) & (legit.ts < hi)
+    local = _Tx.__new__(_Tx)
+    for name in _Tx.__slots__:
+        setattr(local, name, getattr(legit, name)[inside])
+    local.ts = local.ts - lo
+    for _ in range(int(max(0.0, d.fraud_factor - 1.0))):
+        surge = _compromised_merchants(rng, w, wave_dev, local, days, hi - lo)
+        wave.append(surge)
     for part in wave:
         part.ts += lo
     return _Tx.concat(wave) if wave else _Tx(ts=[], card=[], merchant=[], amount=[], channel=[],
@@ -568,15 +581,18 @@ def _drift_parts(
 def _apply_drift(
     rng: np.random.Generator, w: _World, tx: _Tx, d: DriftScenario, lo: int, hi: int, new_first: int
 ) -> None:
-    """Amounts of ``d.mcc`` x factor and the new device population, in place."""
+    """Amounts of ``d.mcc`` x factor and the new device population (customers' devices: the
+    fraudsters keep theirs), in place."""
     codes = [m[0] for m in _MCCS]
-    if d.mcc not in codes:
-        msg = f"unknown merchant category {d.mcc!r} (one of {', '.join(codes)})"
+    wanted = [c.strip() for c in d.mcc.split(",")]
+    unknown = [c for c in wanted if c not in codes]
+    if unknown:
+        msg = f"unknown merchant category {unknown[0]!r} (one of {', '.join(codes)})"
         raise ValueError(msg)
     inside = (tx.ts >= lo) & (tx.ts < hi)
-    shop = inside & (w.m_mcc[tx.merchant] == codes.index(d.mcc))
+    shop = inside & np.isin(w.m_mcc[tx.merchant], [codes.index(c) for c in wanted])
     tx.amount[shop] = np.round(tx.amount[shop] * d.amount_factor, 2)
-    ecom = np.flatnonzero(inside & (tx.channel == _ECOM) & (tx.device >= 0))
+    ecom = np.flatnonzero(inside & (tx.channel == _ECOM) & (tx.device >= 0) & (tx.pattern == 0))
     moved = ecom[rng.random(len(ecom)) < d.device_share]
     tx.device[moved] = new_first + rng.integers(0, max(1, d.n_new_devices), len(moved))
 

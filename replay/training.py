@@ -65,7 +65,7 @@ from engine.sinks import NullSink
 from models.anomaly import AnomalyModel
 from models.evaluation import binary_metrics
 from models.online import OnlineLogisticModel
-from models.reference import KS_BINS, reference_histogram, reference_histograms
+from models.reference import drift_reference
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay import merge
@@ -442,14 +442,9 @@ def train_from_history(
         "rule_set": rule_set,
         "params": result.params,
         "reference_histograms": {
-            "features": reference_histograms(x[tr], rep.feature_names),
-            "score": reference_histogram(lgbm_scores[va]),
-            # percentile grids for the drift monitor's KS statistic (models/drift.py)
-            "features_ks": reference_histograms(x[tr], rep.feature_names, KS_BINS),
-            "score_ks": reference_histogram(lgbm_scores[va], KS_BINS),
+            **drift_reference(x[tr], rep.feature_names, lgbm_scores[va], float(y[tr].mean())),
             "score_rows": "validation",
             "features_rows": "training",
-            "fraud_rate": float(y[tr].mean()),
         },
         "replay": {
             "events": len(rep.event_ids),
