@@ -35,9 +35,12 @@ START = "2026-01-01"
 #: amounts x3, new devices, a fraud wave); back to normal after.
 DRIFT_DAY = 8
 DRIFT_END = 8.45
+#: Where the tests stop streaming drifted traffic (the windows then hold drift only; the sim's
+#: fraud wave piles up in the last minutes of its window, see replay.simulate._fraud_start).
+DRIFT_PHASE_END = 8.40
 DAYS = 10
 #: The drift day's fraud wave: card testing and account takeover at this many times their rate.
-FRAUD_WAVE = 40.0
+FRAUD_WAVE = 150.0
 #: Everyday categories (grocery, restaurants, fast food, fuel, pharmacy): most card spending.
 DRIFT_MCC = "5411,5812,5814,5541,5912"
 #: Grocery amounts on the drift day: x10, so the champion's score moves too (at x3 only the

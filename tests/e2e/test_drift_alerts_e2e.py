@@ -2,12 +2,12 @@
 evaluating deploy/prometheus/alerts.yml (``for:`` and range windows shortened, nothing else), a
 real Alertmanager posting to a webhook in the test.
 
-1. A champion is trained on a simulated world (days 1-6); the worker's feature state is warmed
-   up in-process with days 0-6. Then, through Kafka: normal traffic (day 7) raises no drift
-   alert; drifted traffic (day 8 until 10:48: everyday categories' amounts x3, a new device
-   population, a fraud wave: ``riskstream simulate --drift``) fires RiskstreamFeatureDrift for
-   ``amount`` and RiskstreamScoreDrift; normal traffic again (the rest of day 8 and day 9)
-   resolves both.
+1. A champion is trained on a simulated world (days 1-4, validated on 5-6); the worker's
+   feature state is warmed up in-process with days 0-6. Then, through Kafka: normal traffic
+   (day 7) raises no drift alert; drifted traffic (day 8 until 09:36: everyday categories'
+   amounts x3, a new device population, a fraud wave: ``riskstream simulate --drift``) fires
+   RiskstreamFeatureDrift for ``amount`` and RiskstreamScoreDrift; normal traffic again (the
+   rest of day 8, whose first hour is still drifted, and day 9) resolves both.
 2. A worker whose Redis dies stops scoring while transactions keep arriving:
    RiskstreamNoDecisions fires.
 """
@@ -35,7 +35,7 @@ from replay.replay import ReplayOptions, replay_inprocess
 from tests.drift_support import (
     DAY_MS,
     DRIFT_DAY,
-    DRIFT_END,
+    DRIFT_PHASE_END,
     ROOT,
     Monitoring,
     day_ms,
@@ -142,7 +142,7 @@ def test_drift_fires_and_resolves_through_prometheus_and_alertmanager(
         assert _firing(mon, DRIFT_ALERTS) == []
         assert not [r for r in mon.received if r.labels["alertname"] in DRIFT_ALERTS]
 
-        shift = stream(DRIFT_DAY, DRIFT_END, "drift")
+        shift = stream(DRIFT_DAY, DRIFT_PHASE_END, "drift")
         timeline.append(f"{shift - t0:6.1f}s  shift starts")
         assert wait_until(
             lambda: (
@@ -152,7 +152,7 @@ def test_drift_fires_and_resolves_through_prometheus_and_alertmanager(
             90,
         ), f"alerts received: {[(r.status, r.labels) for r in mon.received]}"
 
-        back = stream(DRIFT_END, DRIFT_DAY + 2, "normal again")
+        back = stream(DRIFT_PHASE_END, DRIFT_DAY + 2, "normal again")
         watched = {"RiskstreamFeatureDrift{amount}", "RiskstreamScoreDrift{}"}
         assert wait_until(
             lambda: (
@@ -188,6 +188,7 @@ def test_a_worker_that_stops_scoring_fires_no_decisions(
 ) -> None:
     _binary("prometheus")
     _binary("prometheus-alertmanager")
+    (tmp_path / "data").mkdir()
     env = {**own_stack.env(), "RISKSTREAM_DATA_DIR": str(tmp_path / "data"),
            "RISKSTREAM_TOPIC_PARTITIONS": "1"}  # fmt: skip
     settings = Settings()

@@ -27,6 +27,7 @@ from replay.sources import write_transactions
 from tests.drift_support import (
     DAY_MS,
     DRIFT_DAY,
+    DRIFT_PHASE_END,
     ROOT,
     day_ms,
     train_champion,
@@ -94,7 +95,7 @@ def test_live_service_tracks_drift_logs_hours_and_reports_since(
     # calendar features are not monitored: a window of hours always differs from all-day
     assert "hour_of_day" not in metrics.exposition()[0].decode().split("riskstream_feature_psi")[1]
 
-    drifted = _day(frame, DRIFT_DAY).iloc[:1500]
+    drifted = frame[(frame["ts"] >= day_ms(DRIFT_DAY)) & (frame["ts"] < day_ms(DRIFT_PHASE_END))]
     run_inprocess(service, drifted, 500, progress=False)
     assert _gauge("riskstream_feature_psi", feature="amount", window="sliding") > 0.25
     assert _gauge("riskstream_score_psi", window="sliding") > 0.25
