@@ -47,7 +47,7 @@ from tests.drift_support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 SPEC = ROOT / "tests" / "drift_spec.yaml"
-#: Smaller than every phase, so the window holds that phase only when it ends.
+#: About one phase: when a phase ends, the window holds (almost) only its transactions.
 WINDOW = 1500
 #: Transactions per second produced (paced like a payment system, not one burst).
 RATE = 400.0
