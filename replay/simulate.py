@@ -554,28 +554,34 @@ def _drift_parts(
     if not 0 <= lo < hi:
         msg = f"the drift window {d.start_day} .. {d.end_day} days is outside the period"
         raise ValueError(msg)
-    n_in = int(((legit.ts >= lo) & (legit.ts < hi)).sum())
-    extra = max(0.0, d.fraud_factor - 1.0) * n_in
+    # The patterns are drawn over whole days (their hours follow the fraudsters' day), then
+    # cut to the window, at rates scaled up so that the window gets ``fraud_factor`` x its share.
+    span = hi - lo
+    days = max(1, -(-span // _MS_DAY))
+    scale = days * _MS_DAY / span
+    inside = (legit.ts >= lo) & (legit.ts < hi)
+    extra = max(0.0, d.fraud_factor - 1.0) * int(inside.sum()) * scale
     wave_dev = _FraudDevices(rng, dev.first, dev.n_pool)
     wave = [
-        _card_testing(rng, w, wave_dev, int(extra), hi - lo),
-        _account_takeover(rng, w, wave_dev, int(extra), hi - lo),
+        _card_testing(rng, w, wave_dev, int(extra), days * _MS_DAY),
+        _account_takeover(rng, w, wave_dev, int(extra), days * _MS_DAY),
     ] if extra >= 1 else []  # fmt: skip
-    # compromised merchants: fraud_factor - 1 more surges inside the window (their later abuse
-    # of exposed cards falls after it and is left out)
-    days = max(1, -(-(hi - lo) // _MS_DAY))
-    inside = (legit.ts >= lo) & (legit.ts < hi)
-    local = _Tx.__new__(_Tx)
-    for name in _Tx.__slots__:
-        setattr(local, name, getattr(legit, name)[inside])
+    # compromised merchants: more surges (their later abuse of exposed cards is left out)
+    local = _subset(legit, inside)
     local.ts = local.ts - lo
-    for _ in range(int(max(0.0, d.fraud_factor - 1.0))):
-        surge = _compromised_merchants(rng, w, wave_dev, local, days, hi - lo)
-        wave.append(surge)
-    for part in wave:
+    for _ in range(round(max(0.0, d.fraud_factor - 1.0) * scale)):
+        wave.append(_compromised_merchants(rng, w, wave_dev, local, days, days * _MS_DAY))
+    kept = [_subset(part, (part.ts >= 0) & (part.ts < span)) for part in wave]
+    for part in kept:
         part.ts += lo
-    return _Tx.concat(wave) if wave else _Tx(ts=[], card=[], merchant=[], amount=[], channel=[],
-                                            device=[], ip=[], country=[]), lo, hi  # fmt: skip
+    return (_Tx.concat(kept) if kept else _subset(legit, np.zeros(len(legit.ts), bool))), lo, hi
+
+
+def _subset(tx: _Tx, mask: BoolArray) -> _Tx:
+    out = _Tx.__new__(_Tx)
+    for name in _Tx.__slots__:
+        setattr(out, name, getattr(tx, name)[mask])
+    return out
 
 
 def _apply_drift(

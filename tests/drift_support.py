@@ -36,8 +36,8 @@ START = "2026-01-01"
 DRIFT_DAY = 8
 DRIFT_END = 8.45
 #: Where the tests stop streaming drifted traffic (the windows then hold drift only; the sim's
-#: fraud wave piles up in the last minutes of its window, see replay.simulate._fraud_start).
-DRIFT_PHASE_END = 8.40
+#: fraud wave thins out as the morning traffic grows towards the end of its window).
+DRIFT_PHASE_END = 8.36
 DAYS = 10
 #: The drift day's fraud wave: card testing and account takeover at this many times their rate.
 FRAUD_WAVE = 150.0

@@ -4,7 +4,7 @@ real Alertmanager posting to a webhook in the test.
 
 1. A champion is trained on a simulated world (days 1-4, validated on 5-6); the worker's
    feature state is warmed up in-process with days 0-6. Then, through Kafka: normal traffic
-   (day 7) raises no drift alert; drifted traffic (day 8 until 09:36: everyday categories'
+   (day 7) raises no drift alert; drifted traffic (day 8 until 08:38: everyday categories'
    amounts x3, a new device population, a fraud wave: ``riskstream simulate --drift``) fires
    RiskstreamFeatureDrift for ``amount`` and RiskstreamScoreDrift; normal traffic again (the
    rest of day 8, whose first hour is still drifted, and day 9) resolves both.

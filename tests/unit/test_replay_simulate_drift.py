@@ -45,6 +45,20 @@ def test_drift_changes_only_its_window() -> None:
     assert not after_b["device_id"].str.startswith("devnew_").any()
 
 
+def test_a_partial_day_window_keeps_the_wave_inside_it() -> None:
+    plain = simulate(**ARGS)
+    drifted = simulate(**ARGS, drift=DriftScenario(start_day=4, end_day=4.3))
+    t0 = plain["ts"].min() // DAY * DAY
+    lo, hi = t0 + 4 * DAY, t0 + int(4.3 * DAY)
+    extra = len(drifted) - len(plain)
+    assert extra > 0
+    inside = drifted[(drifted["ts"] >= lo) & (drifted["ts"] < hi)]
+    assert len(inside) - len(plain[(plain["ts"] >= lo) & (plain["ts"] < hi)]) == extra
+    # the wave's hours spread over the window (no pile at its end)
+    frauds = inside[inside["is_fraud"]]
+    assert (frauds["ts"] >= hi - 3_600_000).mean() < 0.3
+
+
 def test_several_categories_and_bad_ones() -> None:
     df = simulate(**ARGS, drift=DriftScenario(start_day=4, mcc="5411,5812", amount_factor=2.0))
     with pytest.raises(ValueError, match="unknown merchant category '9999'"):
