@@ -24,10 +24,12 @@ demo: setup ## Embedded stack, a simulated month, train, worker, stream the last
 	$(BIN)/riskstream demo
 
 .PHONY: test-tools
-test-tools: ## Debian tools the tests use: promtool (alert rules), chromium (review app browser test)
-	@command -v promtool >/dev/null || { echo "installing prometheus (for promtool, Debian)"; \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) \
-	  >/dev/null 2>&1 || echo "warning: promtool could not be installed; its test is skipped"; }
+test-tools: ## Debian tools the tests use: prometheus + promtool, prometheus-alertmanager, chromium
+	@{ command -v promtool && test -x /usr/bin/prometheus && test -x /usr/bin/prometheus-alertmanager; } \
+	  >/dev/null || { echo "installing prometheus and prometheus-alertmanager (Debian)"; \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus \
+	  prometheus-alertmanager) >/dev/null 2>&1 \
+	  || echo "warning: prometheus/alertmanager could not be installed; their tests are skipped"; }
 	@command -v chromium >/dev/null || { echo "installing chromium (Debian, for the browser test)"; \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) \
 	  >/dev/null 2>&1 || echo "warning: chromium could not be installed; the browser test is skipped"; }
@@ -67,6 +69,11 @@ lint: setup ## ruff and mypy
 .PHONY: up
 up: setup ## Start the embedded stack in the foreground (Ctrl-C stops it)
 	$(BIN)/riskstream up
+
+.PHONY: up-monitoring
+up-monitoring: ## Prometheus, Alertmanager and Grafana from compose.yaml (needs Docker)
+	docker compose up -d prometheus alertmanager grafana
+	@echo "Prometheus http://localhost:9090  Alertmanager http://localhost:9093  Grafana http://localhost:3000"
 
 .PHONY: clean
 clean: ## Remove run files (.riskstream, .bench), keep .venv

@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 
 from engine import metrics
+from engine.drift import DriftTracker
 from engine.pipeline import Pipeline
 from engine.policy import Policy
 from engine.service import ScoringService
@@ -107,6 +108,11 @@ def build_service(
     sink = sink if sink is not None else KafkaSink(settings.kafka_bootstrap)
     service = ScoringService(settings, pipeline, client, sink, live=live, rules_watcher=watcher)
     service.evaluator = evaluator
+    if live:
+        service.drift = DriftTracker(
+            settings.models_dir, client, settings.drift_window, settings.drift_min_rows,
+            settings.drift_lateness_seconds * 1000, settings.drift_log_seconds, online.version,
+        )  # fmt: skip
     if use_registry:
         service.refresh_models(settings.models_dir, every_seconds=0)  # shadows too
     return service

@@ -31,12 +31,13 @@ console = Console(stderr=True)
 
 
 def _add_subcommands() -> None:
-    from engine import cli_models, cli_replay, cli_review
+    from engine import cli_drift, cli_models, cli_replay, cli_review
     from engine.cli_rules import app as rules_app
 
     app.add_typer(rules_app, name="rules")
     app.add_typer(cli_models.app, name="models")
     app.add_typer(cli_review.app, name="review")
+    app.add_typer(cli_drift.app, name="drift")
     app.command("train")(cli_models.train)
     app.command("simulate")(cli_replay.simulate)
     app.command("replay")(cli_replay.replay)

@@ -118,6 +118,20 @@ def simulate(
     start: Annotated[
         str | None, typer.Option(help="First day, YYYY-MM-DD (2026-01-01 / 2018-04-01).")
     ] = None,
+    drift: Annotated[
+        bool,
+        typer.Option(
+            help="Shift the world from --drift-start: a merchant category's amounts x3, a new "
+            "device population, a fraud wave (default profile only)."
+        ),
+    ] = False,
+    drift_start: Annotated[
+        float | None, typer.Option(min=0, help="Days after the start (default: half way).")
+    ] = None,
+    drift_days: Annotated[
+        float | None, typer.Option(min=0, help="How long it lasts (default: to the end).")
+    ] = None,
+    drift_mcc: Annotated[str, typer.Option(help="Category whose amounts triple.")] = "5411",
 ) -> None:
     """Write a realistic, labelled transactions file."""
     if out.suffix not in (".parquet", ".csv", ".jsonl", ".json"):
@@ -129,10 +143,24 @@ def simulate(
     if profile not in PROFILES:
         msg = f"--profile must be one of {', '.join(PROFILES)}, not {profile!r}"
         raise ReplayUsageError(msg)
+    extra: dict[str, object] = {}
+    if drift:
+        from replay.simulate import DriftScenario
+
+        if profile != "default":
+            msg = "--drift needs --profile default"
+            raise ReplayUsageError(msg)
+        first = (days or 30) / 2 if drift_start is None else drift_start
+        end = None if drift_days is None else first + drift_days
+        extra["drift"] = DriftScenario(start_day=first, end_day=end, mcc=drift_mcc)
     t0 = time.perf_counter()
-    df = simulate_profile(
-        profile, days=days, seed=seed, start=start, n_customers=customers, n_merchants=merchants
-    )
+    try:
+        df = simulate_profile(
+            profile, days=days, seed=seed, start=start, n_customers=customers,
+            n_merchants=merchants, **extra,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ReplayUsageError(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_transactions(df, out)
     frauds = int(df["is_fraud"].sum())

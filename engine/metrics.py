@@ -118,6 +118,82 @@ REVIEW_QUEUE_AGE = Gauge(
     registry=REGISTRY,
 )
 
+# -- drift (engine/drift.py): each worker's own window; see deploy/README.md for aggregation --
+FEATURE_PSI = Gauge(
+    "riskstream_feature_psi",
+    "Population stability index of a feature against the champion's training reference "
+    "(window: sliding = last RISKSTREAM_DRIFT_WINDOW transactions, hour = last closed "
+    "event-time hour).",
+    ["feature", "window"],
+    registry=REGISTRY,
+)
+FEATURE_KS = Gauge(
+    "riskstream_feature_ks",
+    "Two-sample Kolmogorov-Smirnov statistic of a feature against the training reference.",
+    ["feature", "window"],
+    registry=REGISTRY,
+)
+FEATURE_MISSING_RATIO = Gauge(
+    "riskstream_feature_missing_ratio",
+    "Share of missing (NaN/inf) values of a feature.",
+    ["feature", "window"],
+    registry=REGISTRY,
+)
+SCORE_PSI = Gauge(
+    "riskstream_score_psi",
+    "Population stability index of the champion's score against its validation scores.",
+    ["window"],
+    registry=REGISTRY,
+)
+SCORE_KS = Gauge(
+    "riskstream_score_ks",
+    "Two-sample Kolmogorov-Smirnov statistic of the champion's score against its reference.",
+    ["window"],
+    registry=REGISTRY,
+)
+DECISION_RATIO = Gauge(
+    "riskstream_decision_ratio",
+    "Share of each decision among the transactions of the drift window.",
+    ["decision", "window"],
+    registry=REGISTRY,
+)
+DRIFT_WINDOW_TRANSACTIONS = Gauge(
+    "riskstream_drift_window_transactions",
+    "Transactions in this worker's drift window (weights for averaging across workers).",
+    ["window"],
+    registry=REGISTRY,
+)
+DRIFT_DETECTED = Counter(
+    "riskstream_drift_detected_total",
+    "Changes signalled by a streaming change detector (River ADWIN / Page-Hinkley) on the "
+    "score, the online model's error or the label fraud rate.",
+    ["detector"],
+    registry=REGISTRY,
+)
+LABEL_FRAUD_RATIO = Gauge(
+    "riskstream_label_fraud_ratio",
+    "Share of fraud among the most recent arrived labels.",
+    registry=REGISTRY,
+)
+TRAINING_FRAUD_RATIO = Gauge(
+    "riskstream_training_fraud_ratio",
+    "Share of fraud among the champion's training rows (the label drift reference).",
+    registry=REGISTRY,
+)
+
+
+def metric_names() -> set[str]:
+    """Every sample name this registry can expose (histograms: _bucket/_sum/_count too)."""
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.type == "histogram":
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+        elif family.type == "counter":
+            names |= {family.name + "_total", family.name + "_created"}
+        else:
+            names.add(family.name)
+    return names
+
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition body and its content type, for /metrics."""

@@ -19,6 +19,7 @@ import orjson
 import redis
 
 from engine import metrics
+from engine.drift import DriftTracker
 from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
 from engine.protocols import BoolArray
@@ -120,6 +121,8 @@ class ScoringService:
         self._late_seen = 0
         self._models_checked = 0.0
         self._champion_version = pipeline.champion.version if pipeline.champion else None
+        #: Drift statistics of live traffic (engine/drift.py); None in replays and training.
+        self.drift: DriftTracker | None = None
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -154,12 +157,16 @@ class ScoringService:
                 anomaly.learn_batch(scored.features[fresh])
         t3 = time.perf_counter()
         now = time.time()
+        if scored is not None and self.drift is not None:  # after the decisions went out
+            fresh_rows = scored.without(scored.redelivered) if scored.redelivered.any() else scored
+            self.drift.observe_batch(fresh_rows)  # a redelivery is in the window once
+            report.stage_seconds["drift"] = time.perf_counter() - t3
         if scored is not None:
             report.scored = scored
             report.latencies = [now - a for a in arrived_at]
             for lat in report.latencies:
                 metrics.DECISION_LATENCY.observe(lat)
-            report.stage_seconds = dict(scored.stage_seconds)
+            report.stage_seconds.update(scored.stage_seconds)
         report.stage_seconds["decode"] = t1 - t0
         report.stage_seconds["emit"] = t3 - t2
         for stage, secs in report.stage_seconds.items():
@@ -427,6 +434,8 @@ class ScoringService:
         if not pairs:
             return
         self.evaluator.update_records([p for p, _ in pairs], [y for _, y in pairs])
+        if self.drift is not None:
+            self.drift.observe_labels([p for p, _ in pairs], [y for _, y in pairs])
         for version, m in self.evaluator.snapshot().items():
             metrics.MODEL_AVERAGE_PRECISION.labels(version).set(m["average_precision"])
             metrics.MODEL_REVIEW_PRECISION.labels(version).set(m["review_precision"])

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     #: as long as the topic may redeliver it (Kafka's default retention, 7 days).
     redelivery_memo_seconds: int = Field(default=7 * 86400, ge=60)
 
+    #: Drift statistics (engine/drift.py): transactions in the sliding window, fewest rows for a
+    #: statistic to be exported, event-time lateness before an hour closes, and how often the
+    #: hourly counts are added to Redis (what `riskstream drift report --since` reads).
+    drift_window: int = Field(default=50_000, ge=1)
+    drift_min_rows: int = Field(default=1000, ge=1)
+    drift_lateness_seconds: int = Field(default=300, ge=0)
+    drift_log_seconds: float = Field(default=10.0, gt=0)
+
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
 

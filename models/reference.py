@@ -25,14 +25,20 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 DEFAULT_BINS = 10
+#: Percentile grid stored beside the deciles for the two-sample KS statistic (models/drift.py).
+KS_BINS = 100
+#: Extra score bins above the top decile: a fraud wave moves a few percent of the scores into
+#: the review/block region, which one top-decile bin would hardly notice.
+SCORE_TAIL = (0.95, 0.99)
 #: Added to every bin's share in :func:`population_stability_index` so empty bins stay finite.
 PSI_EPSILON = 1e-4
 
 
 def reference_histogram(
-    values: Sequence[float] | FloatArray, bins: int = DEFAULT_BINS
+    values: Sequence[float] | FloatArray, bins: int = DEFAULT_BINS, tail: Sequence[float] = ()
 ) -> dict[str, Any]:
-    """Quantile-binned histogram of ``values`` (see the module docstring)."""
+    """Quantile-binned histogram of ``values`` (see the module docstring); ``tail`` adds edges
+    at these quantiles (finer bins where decisions are made, for the score)."""
     if bins < 1:
         msg = f"bins must be >= 1, got {bins}"
         raise ValueError(msg)
@@ -40,7 +46,8 @@ def reference_histogram(
     finite = np.isfinite(v)
     f = v[finite]
     if len(f):
-        qs = np.quantile(f, np.linspace(0.0, 1.0, bins + 1)[1:-1], method="inverted_cdf")
+        probs = np.union1d(np.linspace(0.0, 1.0, bins + 1)[1:-1], np.asarray(tail, dtype=float))
+        qs = np.quantile(f, probs, method="inverted_cdf")
         edges = np.unique(qs)
     else:
         edges = np.empty(0)
@@ -88,3 +95,20 @@ def population_stability_index(
     e = expected / expected.sum() + PSI_EPSILON
     a = actual / actual.sum() + PSI_EPSILON
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def drift_reference(
+    x: FloatArray,
+    names: Sequence[str],
+    scores: Sequence[float] | FloatArray,
+    fraud_rate: float | None = None,
+) -> dict[str, Any]:
+    """A model's ``reference_histograms`` metadata: deciles (PSI) and percentiles (KS) of every
+    feature column of ``x`` and of ``scores``, and the training fraud rate."""
+    return {
+        "features": reference_histograms(x, names),
+        "score": reference_histogram(scores, tail=SCORE_TAIL),
+        "features_ks": reference_histograms(x, names, KS_BINS),
+        "score_ks": reference_histogram(scores, KS_BINS),
+        "fraud_rate": fraud_rate,
+    }

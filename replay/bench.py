@@ -1,9 +1,10 @@
 """``make bench``: figures for the pipeline in-process and through a worker, as one flat JSON.
 
 In-process: µs/event per stage (decode, features, rules, model, emit) over batches of 1,000 on a
-real Redis. Through a worker on the embedded stack: end-to-end events/s (produce as fast as
-possible, until every decision is back on ``scores``) and decision latency p50/p95/p99 at half
-that rate (Kafka timestamp → decision emitted).
+real Redis, and ``drift_overhead_ratio``: the time the drift statistics (engine/drift.py) add to
+a batch, over the time of its five stages. Through a worker on the embedded stack: end-to-end
+events/s (produce as fast as possible, until every decision is back on ``scores``) and decision
+latency p50/p95/p99 at half that rate (Kafka timestamp → decision emitted).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.build import build_service
+from engine.drift import DriftTracker
 from engine.sinks import NullSink
 from engine.worker_process import WorkerProcess, metric_value, wait_until
+from models.reference import drift_reference
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay.inprocess import records_of, run_inprocess
@@ -63,19 +66,33 @@ def run_bench(out: Path, e2e_events: int = 30000) -> dict[str, Any]:
         service = build_service(settings, sink=NullSink(), use_registry=False, live=True)
         run = run_inprocess(service, history, 1000, label="warm-up")
         y = history["is_fraud"].to_numpy()
-        trained = train_lightgbm(
-            run.feature_matrix(), y, run.feature_names, params={"scale_pos_weight": 1.0}
-        )
+        x = run.feature_matrix()
+        trained = train_lightgbm(x, y, run.feature_names, params={"scale_pos_weight": 1.0})
         registry = ModelRegistry(settings.models_dir)
-        version = registry.register(trained.scorer, {"source": "bench"})
+        reference = drift_reference(
+            x, run.feature_names, trained.scorer.score_batch(x), float(y.mean())
+        )
+        version = registry.register(
+            trained.scorer, {"source": "bench", "reference_histograms": reference}
+        )
         registry.promote(version)
         service.pipeline.champion = registry.load(version)
 
         console.print(f"[bold]bench[/]: in-process pipeline over {len(rest):,} events")
+        # a window smaller than the run, so the drift stage's steady state (rows leaving the
+        # ring as others enter) is what is timed
+        service.drift = DriftTracker(
+            settings.models_dir, service.redis, window=10_000, min_rows=1000,
+            online_version=service.pipeline.online.version if service.pipeline.online else None,
+        )  # fmt: skip
         t0 = time.perf_counter()
         timed = run_inprocess(service, rest, 1000, label="in-process")
         wall = time.perf_counter() - t0
         n = len(rest)
+        drift_s = timed.stage_seconds.pop("drift", 0.0)
+        # per-batch time without drift = the five pipeline stages; the ratio is what drift adds
+        results["drift_overhead_ratio"] = drift_s / sum(timed.stage_seconds.values())
+        results["stage_drift_us_per_event"] = drift_s / n * 1e6
         for stage in ("decode", "features", "rules", "model", "emit"):
             results[f"stage_{stage}_us_per_event"] = timed.stage_seconds.get(stage, 0.0) / n * 1e6
         results["inprocess_events_per_second"] = n / sum(timed.stage_seconds.values())

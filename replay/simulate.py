@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -513,6 +514,95 @@ def _account_takeover(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class DriftScenario:
+    """A shift of the world from ``start_day`` (days after the start) until ``end_day``.
+
+    Three changes on-call should see: the amounts of merchant category ``mcc`` (or several,
+    comma-separated) multiplied by
+    ``amount_factor``; a new population of devices (``devnew_*``, ``n_new_devices`` of them
+    shared by many customers, as after an app release or with a device farm) taking
+    ``device_share`` of e-commerce payments; and a fraud wave (card testing, account takeover
+    and compromised merchants at ``fraud_factor`` times their usual rate). Everything before
+    ``start_day`` is the very same as without drift (the drift draws from its own random
+    stream).
+    """
+
+    start_day: float
+    end_day: float | None = None
+    mcc: str = "5411"
+    amount_factor: float = 3.0
+    device_share: float = 0.5
+    n_new_devices: int = 50
+    fraud_factor: float = 5.0
+
+    def tag(self) -> str:
+        return repr(sorted(self.__dict__.items()))
+
+
+def _drift_parts(
+    rng: np.random.Generator,
+    w: _World,
+    dev: _FraudDevices,
+    legit: _Tx,
+    d: DriftScenario,
+    period_ms: int,
+) -> tuple[_Tx, int, int]:
+    """The fraud wave of ``d`` (ts relative to the start) and the drift window [lo, hi)."""
+    lo = int(d.start_day * _MS_DAY)
+    hi = period_ms if d.end_day is None else min(period_ms, int(d.end_day * _MS_DAY))
+    if not 0 <= lo < hi:
+        msg = f"the drift window {d.start_day} .. {d.end_day} days is outside the period"
+        raise ValueError(msg)
+    # The patterns are drawn over whole days (their hours follow the fraudsters' day), then
+    # cut to the window, at rates scaled up so that the window gets ``fraud_factor`` x its share.
+    span = hi - lo
+    days = max(1, -(-span // _MS_DAY))
+    scale = days * _MS_DAY / span
+    inside = (legit.ts >= lo) & (legit.ts < hi)
+    extra = max(0.0, d.fraud_factor - 1.0) * int(inside.sum()) * scale
+    wave_dev = _FraudDevices(rng, dev.first, dev.n_pool)
+    wave = [
+        _card_testing(rng, w, wave_dev, int(extra), days * _MS_DAY),
+        _account_takeover(rng, w, wave_dev, int(extra), days * _MS_DAY),
+    ] if extra >= 1 else []  # fmt: skip
+    # compromised merchants: more surges (their later abuse of exposed cards is left out)
+    local = _subset(legit, inside)
+    local.ts = local.ts - lo
+    for _ in range(round(max(0.0, d.fraud_factor - 1.0) * scale)):
+        wave.append(_compromised_merchants(rng, w, wave_dev, local, days, days * _MS_DAY))
+    kept = [_subset(part, (part.ts >= 0) & (part.ts < span)) for part in wave]
+    for part in kept:
+        part.ts += lo
+    return (_Tx.concat(kept) if kept else _subset(legit, np.zeros(len(legit.ts), bool))), lo, hi
+
+
+def _subset(tx: _Tx, mask: BoolArray) -> _Tx:
+    out = _Tx.__new__(_Tx)
+    for name in _Tx.__slots__:
+        setattr(out, name, getattr(tx, name)[mask])
+    return out
+
+
+def _apply_drift(
+    rng: np.random.Generator, w: _World, tx: _Tx, d: DriftScenario, lo: int, hi: int, new_first: int
+) -> None:
+    """Amounts of ``d.mcc`` x factor and the new device population (customers' devices: the
+    fraudsters keep theirs), in place."""
+    codes = [m[0] for m in _MCCS]
+    wanted = [c.strip() for c in d.mcc.split(",")]
+    unknown = [c for c in wanted if c not in codes]
+    if unknown:
+        msg = f"unknown merchant category {unknown[0]!r} (one of {', '.join(codes)})"
+        raise ValueError(msg)
+    inside = (tx.ts >= lo) & (tx.ts < hi)
+    shop = inside & np.isin(w.m_mcc[tx.merchant], [codes.index(c) for c in wanted])
+    tx.amount[shop] = np.round(tx.amount[shop] * d.amount_factor, 2)
+    ecom = np.flatnonzero(inside & (tx.channel == _ECOM) & (tx.device >= 0) & (tx.pattern == 0))
+    moved = ecom[rng.random(len(ecom)) < d.device_share]
+    tx.device[moved] = new_first + rng.integers(0, max(1, d.n_new_devices), len(moved))
+
+
 def _run_tag(**params: object) -> str:
     text = "|".join(f"{k}={v!r}" for k, v in sorted(params.items()))
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
@@ -525,6 +615,7 @@ def simulate(
     n_customers: int = 5000,
     n_merchants: int = 1000,
     tx_per_customer_per_day: float = 2.0,
+    drift: DriftScenario | None = None,
 ) -> pd.DataFrame:
     """Simulated transactions over ``days`` from ``start`` (UTC), sorted by ``ts``.
 
@@ -532,7 +623,8 @@ def simulate(
     :data:`COLUMNS`; ``ts`` is epoch milliseconds (int64), ``amount`` float64 in cents,
     ``is_fraud`` bool and ``fraud_pattern`` one of :data:`FRAUD_PATTERNS` or ``""``.
     Event ids are ``tx_<run tag>_<counter>``, the run tag being a hash of the arguments, so
-    files simulated with different arguments never share an event id.
+    files simulated with different arguments never share an event id. ``drift`` shifts the
+    world for a while (:class:`DriftScenario`).
     """
     if days < 1:
         msg = "days must be >= 1"
@@ -562,23 +654,34 @@ def simulate(
         _compromised_merchants(rng, world, dev, legit, days, period_ms),
         _account_takeover(rng, world, dev, n_legit, period_ms),
     ]
+    new_first = dev.first + dev.n_pool  # the drift's new devices come after every other one
+    if drift is not None:
+        drift_rng = np.random.default_rng([seed, 0xD81F7])
+        wave, lo, hi = _drift_parts(drift_rng, world, dev, legit, drift, period_ms)
+        parts.append(wave)
     tx = _Tx.concat(parts)
+    if drift is not None:
+        _apply_drift(drift_rng, world, tx, drift, lo, hi, new_first)
     order = np.argsort(tx.ts, kind="stable")
     n = len(order)
 
     # device names: customers' and fraudsters' devices share one shuffled namespace
     device = tx.device[order]
-    n_dev = dev.first + dev.n_pool
+    n_dev = new_first
     perm = rng.permutation(n_dev)
     is_terminal = device < 0
+    is_new = device >= n_dev
     device_str = np.empty(n, dtype=object)
-    device_str[~is_terminal] = _names("dev_", perm[device[~is_terminal]], max(7, len(str(n_dev))))
+    own = ~is_terminal & ~is_new
+    device_str[own] = _names("dev_", perm[device[own]], max(7, len(str(n_dev))))
+    device_str[is_new] = _names("devnew_", device[is_new] - n_dev, 5)
     device_str[is_terminal] = _names("term_", -1 - device[is_terminal], 6)
 
     card = tx.card[order]
     tag = _run_tag(
         days=days, seed=seed, start=start, n_customers=n_customers, n_merchants=n_merchants,
         tx_per_customer_per_day=tx_per_customer_per_day,
+        **({"drift": drift.tag()} if drift is not None else {}),
     )  # fmt: skip
     width = max(9, len(str(n)))
     merchant = tx.merchant[order]

@@ -65,7 +65,7 @@ from engine.sinks import NullSink
 from models.anomaly import AnomalyModel
 from models.evaluation import binary_metrics
 from models.online import OnlineLogisticModel
-from models.reference import reference_histogram, reference_histograms
+from models.reference import drift_reference
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay import merge
@@ -442,8 +442,7 @@ def train_from_history(
         "rule_set": rule_set,
         "params": result.params,
         "reference_histograms": {
-            "features": reference_histograms(x[tr], rep.feature_names),
-            "score": reference_histogram(lgbm_scores[va]),
+            **drift_reference(x[tr], rep.feature_names, lgbm_scores[va], float(y[tr].mean())),
             "score_rows": "validation",
             "features_rows": "training",
         },
