@@ -368,6 +368,7 @@ def train_from_history(
         raise TrainingError(msg)
     periods = _periods(cfg, int(tx["ts"].iloc[-1]))
     tmp = Path(tempfile.mkdtemp(prefix="riskstream-train-"))
+    client.flushdb()  # scratch: what another run or spec left there must not be read back
     try:
         scratch = settings.model_copy(update={"data_dir": tmp, "batch_size": cfg.batch_size})
         service = build_service(scratch, sink=NullSink(), client=client, use_registry=False)
