@@ -29,7 +29,7 @@ from features.transaction import TRANSACTION_FEATURE_NAMES, transaction_features
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "features", "rules", "model", "emit")
+STAGES = ("decode", "features", "rules", "model", "online", "emit", "flush")
 
 
 @dataclass(slots=True)
@@ -169,6 +169,14 @@ class Pipeline:
         timings["rules"] = t2 - t1
 
         scores, model_version, mode, explain = self._champion_scores(x, names)
+        shadows: dict[str, FloatArray] = {}
+        for s in self.shadows:
+            try:
+                shadows[s.version] = s.score_batch(_columns(x, names, s.feature_names))
+            except Exception:  # a shadow never takes the batch down
+                log.exception("shadow %s failed", s.version)
+        t3 = time.perf_counter()
+        timings["model"] = t3 - t2
         shadow: dict[str, FloatArray] = {}
         for side in (self.online, self.anomaly):
             if side is None:
@@ -177,12 +185,8 @@ class Pipeline:
                 shadow[side.version] = side.score_batch(x)
             except Exception:  # side models never take the batch down
                 log.exception("model %s failed", side.version)
-        for s in self.shadows:
-            try:
-                shadow[s.version] = s.score_batch(_columns(x, names, s.feature_names))
-            except Exception:  # a shadow never takes the batch down
-                log.exception("shadow %s failed", s.version)
-        timings["model"] = time.perf_counter() - t2
+        shadow.update(shadows)
+        timings["online"] = time.perf_counter() - t3
 
         decisions: list[Decision] = []
         rule_set = self.rules.version

@@ -50,6 +50,7 @@ from replay.kafka_io import read_topic
 from replay.replay import ReplayOptions, replay_inprocess, replay_kafka
 from replay.simulate import simulate
 from replay.sources import write_transactions
+from tests.e2e.support import db_url, topic_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -59,14 +60,8 @@ COMPARED = ("score", "decision", "reasons", "rule_set", "model")
 BLOCK_THRESHOLD = 0.7
 
 
-def _db_url(url: str, db: int) -> str:
-    """``url`` on database ``db`` (the server's other databases are left alone)."""
-    base, _, tail = url.rpartition("/")
-    return f"{base}/{db}" if tail.isdigit() and "//" in base else f"{url.rstrip('/')}/{db}"
-
-
 def _fresh_db(url: str, db: int) -> str:
-    u = _db_url(url, db)
+    u = db_url(url, db)
     client = redis.Redis.from_url(u)
     client.flushdb()
     client.close()
@@ -178,11 +173,7 @@ def test_inprocess_and_kafka_replay_decide_identically(
 
     # (b) into Kafka as fast as possible, consumed by a worker on database 2
     suffix = uuid.uuid4().hex[:8]
-    topics = {
-        "RISKSTREAM_TOPIC_TRANSACTIONS": f"tx-{suffix}", "RISKSTREAM_TOPIC_EVENTS": f"ev-{suffix}",
-        "RISKSTREAM_TOPIC_LABELS": f"lb-{suffix}", "RISKSTREAM_TOPIC_SCORES": f"sc-{suffix}",
-        "RISKSTREAM_TOPIC_REVIEW": f"rq-{suffix}", "RISKSTREAM_TOPIC_DEAD_LETTER": f"dl-{suffix}",
-    }  # fmt: skip
+    topics = topic_env(suffix)
     env = {
         **stack, **topics, "RISKSTREAM_REDIS_URL": _fresh_db(base.redis_url, 2),
         "RISKSTREAM_APP_ID": f"replay-{suffix}", "RISKSTREAM_DATA_DIR": str(data_dir),
