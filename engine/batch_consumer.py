@@ -38,6 +38,7 @@ from engine.schemas import RawMessage
 
 log = logging.getLogger(__name__)
 
+
 #: librdkafka fetch settings. Tansu (the embedded broker) answers a fetch that finds nothing new
 #: only when ``fetch.wait.max.ms`` has passed, so the default 500 ms would put ~130 ms (p50) on
 #: every decision at light load. Much lower is worse: at 5 ms, fetches of partitions that had grown
