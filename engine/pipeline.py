@@ -186,7 +186,8 @@ class Pipeline:
             except Exception:  # side models never take the batch down
                 log.exception("model %s failed", side.version)
         shadow.update(shadows)
-        timings["online"] = time.perf_counter() - t3
+        t4 = time.perf_counter()
+        timings["online"] = t4 - t3
 
         decisions: list[Decision] = []
         rule_set = self.rules.version
@@ -211,8 +212,11 @@ class Pipeline:
                     mode="normal" if mode == "normal" else "degraded",
                 )
             )
+        t5 = time.perf_counter()
+        timings["rules"] += t5 - t4  # the policy: rule actions and thresholds, per event
         if explain is not None:
             self._explain(decisions, explain, x, names)
+        timings["model"] += time.perf_counter() - t5  # contributions of review/block rows
         return ScoredBatch(decisions, x, list(names), timings)
 
     def _champion_scores(
