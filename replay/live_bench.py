@@ -166,8 +166,9 @@ def _histogram(le_counts: dict[float, float]) -> dict[str, float]:
 def _paced(
     workers: list[WorkerProcess], settings: Settings, src: Source, rate: float, seconds: float,
     prefix: str,
-) -> tuple[Scrape, Scrape, float]:  # fmt: skip
-    """Produce at ``rate`` for ``seconds`` (open loop) and wait until all is decided."""
+) -> tuple[Scrape, Scrape, float, float]:  # fmt: skip
+    """Produce at ``rate`` for ``seconds`` (open loop) and wait until all is decided; the
+    scrapes before and after, the rate achieved and the seconds until all was decided."""
     prod = producer(settings.kafka_bootstrap, linger_ms=PACED_LINGER_MS)
     n = int(rate * seconds)
     already = _decided(workers)
@@ -178,7 +179,7 @@ def _paced(
     if not _wait_decided(workers, already + n, 120 + seconds):
         msg = f"{prefix}: the workers did not decide {n} transactions"
         raise RuntimeError(msg)
-    return before, Scrape(workers[0].metrics()), achieved
+    return before, Scrape(workers[0].metrics()), achieved, time.perf_counter() - t0
 
 
 def live_figures(
@@ -235,7 +236,9 @@ def live_figures(
     res["worker_to_faust_ceiling"] = res["e2e_events_per_second"] / faust["events_per_second"]
 
     console.print(f"[bold]bench[/]: latency at {LATENCY_RATE:,.0f}/s for {latency_seconds:.0f}s")
-    before, after, achieved = _paced(workers, settings, src, LATENCY_RATE, latency_seconds, "lat-")
+    before, after, achieved, wall5k = _paced(
+        workers, settings, src, LATENCY_RATE, latency_seconds, "lat-"
+    )
     res["latency_rate_events_per_second"] = achieved
     res["latency_seconds_measured"] = latency_seconds
     for k, v in _latency(after, before, "e2e_latency").items():
@@ -244,14 +247,13 @@ def live_figures(
     batches = _diff(after.batch_le, before.batch_le)
     res["batch_events_p50_at_5k"] = quantile(batches, 0.5)
     res["batch_events_p99_at_5k"] = quantile(batches, 0.99)
-    wall5k = latency_seconds
     res.update({f"{k}_at_5k": v for k, v in _breakdown(after, before, wall5k).items()})
 
     knee: dict[str, float] = {}
     res["latency_knee_events_per_second"] = float("nan")
     for rate in knee_rates:
         console.print(f"[bold]bench[/]: knee step at {rate:,.0f}/s")
-        before, after, achieved = _paced(workers, settings, src, rate, 10.0, f"k{int(rate)}-")
+        before, after, _, _ = _paced(workers, settings, src, rate, 10.0, f"k{int(rate)}-")
         p99 = quantile(_diff(after.latency_le, before.latency_le), 0.99)
         knee[f"{rate:g}"] = p99
         batches = _diff(after.batch_le, before.batch_le)
