@@ -169,8 +169,8 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
 @pytest.mark.xfail(
     strict=True,
     reason="features/store.py scores a redelivered event against the state that already holds "
-    "its whole batch (later events of its card included); the store's redelivery fix is on "
-    "another branch. Strict: this fails loudly once it is fixed, so the mark goes.",
+    "it and the rest of its batch (time_since_last 0, counts with later events of the batch); "
+    "the store's redelivery fix is on another branch. Strict: it fails once that is merged.",
 )
 def test_redelivered_events_are_scored_with_the_features_they_had_the_first_time(
     crash_run: CrashRun,
