@@ -130,7 +130,7 @@ def bench(
     ] = 60.0,
     knee: Annotated[
         str, typer.Option(help="Rates (events/s) of the knee steps, comma-separated.")
-    ] = "5000,10000,15000,20000,25000,30000",
+    ] = "1000,2000,3000,5000,10000,15000,20000,25000,30000",
     scaling: Annotated[bool, typer.Option(help="Also measure two workers in one group.")] = True,
 ) -> None:
     """Measure the pipeline in-process and through a worker, beside the Kafka and Faust

@@ -34,7 +34,7 @@ from replay.kafka_io import produce, producer, read_topic
 from replay.simulate import simulate
 
 console = Console()
-KNEE_RATES = (5000.0, 10000.0, 15000.0, 20000.0, 25000.0, 30000.0)
+KNEE_RATES = (1000.0, 2000.0, 3000.0, 5000.0, 10000.0, 15000.0, 20000.0, 25000.0, 30000.0)
 LATENCY_RATE = 5000.0
 #: The paced producer's linger: a payment system's producer batches too, and Tansu spends so much
 #: per produce request that 1,000 one-message requests a second slowed the worker's own flushes
@@ -254,8 +254,11 @@ def live_figures(
     for rate in knee_rates:
         console.print(f"[bold]bench[/]: knee step at {rate:,.0f}/s")
         before, after, _, _ = _paced(workers, settings, src, rate, 10.0, f"k{int(rate)}-")
-        p99 = quantile(_diff(after.latency_le, before.latency_le), 0.99)
+        lat = _diff(after.latency_le, before.latency_le)
+        p99 = quantile(lat, 0.99)
         knee[f"{rate:g}"] = p99
+        res[f"knee_p50_seconds_at_{rate:g}"] = quantile(lat, 0.5)
+        res[f"knee_p999_seconds_at_{rate:g}"] = quantile(lat, 0.999)
         batches = _diff(after.batch_le, before.batch_le)
         res[f"knee_batch_events_p50_at_{rate:g}"] = quantile(batches, 0.5)
         if p99 > 0.1:
