@@ -164,7 +164,8 @@ class Pipeline:
         timings = {} if timings is None else timings
         t1 = time.perf_counter()
         event_ids = [r["event_id"] for r in records]
-        hits = self.rules.evaluate_batch(records, x, names)
+        rules = self.rules  # read once: a hot reload between two reads cannot mix rule sets
+        hits = rules.evaluate_batch(records, x, names)
         t2 = time.perf_counter()
         timings["rules"] = t2 - t1
 
@@ -190,7 +191,7 @@ class Pipeline:
         timings["online"] = t4 - t3
 
         decisions: list[Decision] = []
-        rule_set = self.rules.version
+        rule_set = rules.version
         decide = self.policy.decide
         for i, rec in enumerate(records):
             score = float(scores[i])
