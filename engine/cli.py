@@ -137,12 +137,26 @@ def demo(
 @app.command()
 def bench(
     out: Annotated[Path, typer.Option(help="Where the figures go.")] = Path(".bench/results.json"),
-    events: Annotated[int, typer.Option(min=1000, help="Events for the end-to-end run.")] = 30000,
+    events: Annotated[int, typer.Option(min=1000, help="Events for the end-to-end run.")] = 60000,
+    latency_seconds: Annotated[
+        float, typer.Option(min=5, help="Length of the paced 5,000/s latency run.")
+    ] = 60.0,
+    knee: Annotated[
+        str, typer.Option(help="Rates (events/s) of the knee steps, comma-separated.")
+    ] = "1000,2000,3000,5000,10000,15000,20000,25000,30000",
+    scaling: Annotated[bool, typer.Option(help="Also measure two workers in one group.")] = True,
 ) -> None:
-    """Measure the pipeline in-process and through a worker; write a flat JSON of figures."""
+    """Measure the pipeline in-process and through a worker, beside the Kafka and Faust
+    ceilings; write a flat JSON of figures."""
     from replay.bench import run_bench
 
-    run_bench(out=out, e2e_events=events)
+    try:
+        rates = tuple(float(r) for r in knee.split(",") if r.strip())
+    except ValueError:
+        msg = f"--knee must be comma-separated numbers, not {knee!r}"
+        raise CliError(msg) from None
+    run_bench(out=out, e2e_events=events, latency_seconds=latency_seconds, knee_rates=rates,
+              scaling=scaling)  # fmt: skip
 
 
 def redis_for_offline_work(stack: Any) -> str:

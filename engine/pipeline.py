@@ -30,7 +30,7 @@ from features.transaction import TRANSACTION_FEATURE_NAMES, transaction_features
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "features", "rules", "model", "emit")
+STAGES = ("decode", "features", "rules", "model", "online", "emit", "flush")
 
 
 @dataclass(slots=True)
@@ -181,11 +181,20 @@ class Pipeline:
         timings = {} if timings is None else timings
         t1 = time.perf_counter()
         event_ids = [r["event_id"] for r in records]
-        hits = self.rules.evaluate_batch(records, x, names)
+        rules = self.rules  # read once: a hot reload between two reads cannot mix rule sets
+        hits = rules.evaluate_batch(records, x, names)
         t2 = time.perf_counter()
         timings["rules"] = t2 - t1
 
         scores, model_version, mode, explain = self._champion_scores(x, names)
+        shadows: dict[str, FloatArray] = {}
+        for s in self.shadows:
+            try:
+                shadows[s.version] = s.score_batch(_columns(x, names, s.feature_names))
+            except Exception:  # a shadow never takes the batch down
+                log.exception("shadow %s failed", s.version)
+        t3 = time.perf_counter()
+        timings["model"] = t3 - t2
         shadow: dict[str, FloatArray] = {}
         for side in (self.online, self.anomaly):
             if side is None:
@@ -194,15 +203,12 @@ class Pipeline:
                 shadow[side.version] = side.score_batch(x)
             except Exception:  # side models never take the batch down
                 log.exception("model %s failed", side.version)
-        for s in self.shadows:
-            try:
-                shadow[s.version] = s.score_batch(_columns(x, names, s.feature_names))
-            except Exception:  # a shadow never takes the batch down
-                log.exception("shadow %s failed", s.version)
-        timings["model"] = time.perf_counter() - t2
+        shadow.update(shadows)
+        t4 = time.perf_counter()
+        timings["online"] = t4 - t3
 
         decisions: list[Decision] = []
-        rule_set = self.rules.version
+        rule_set = rules.version
         decide = self.policy.decide
         for i, rec in enumerate(records):
             score = float(scores[i])
@@ -224,8 +230,11 @@ class Pipeline:
                     mode="normal" if mode == "normal" else "degraded",
                 )
             )
+        t5 = time.perf_counter()
+        timings["rules"] += t5 - t4  # the policy: rule actions and thresholds, per event
         if explain is not None:
             self._explain(decisions, explain, x, names)
+        timings["model"] += time.perf_counter() - t5  # contributions of review/block rows
         return ScoredBatch(decisions, x, list(names), timings, np.zeros(len(decisions), bool))
 
     def _champion_scores(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,6 @@ from engine import metrics
 from engine.drift import DriftTracker
 from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
-from engine.protocols import BoolArray
 from engine.review.store import QUEUE_KEY, add_cases, record_history
 from engine.schemas import (
     ACCOUNT_EVENT,
@@ -47,12 +47,37 @@ FEATURE_LOG_PREFIX = "rs:fv:"
 SCORE_LOG_PREFIX = "rs:sv:"
 #: The decision record as sent, to answer a redelivery with the same bytes (see README).
 DECISION_MEMO_PREFIX = "rs:dm:"
-#: SET ... EX for every key/value pair in one command: one packed command per batch instead of
-#: one per event (redis-py spends ~5 µs packing each command).
-_SET_MANY_EX = """
+#: The batch's decision log in one call: per event ``SET fv:<id> <its feature row> EX ttl``,
+#: ``SET sv:<id> <its score record> EX ttl`` and ``SET dm:<id> <the decision as sent> EX memo
+#: ttl``, then the labels parked for these events (HMGET). Whole columns travel as a few
+#: arguments (ids as a JSON array, the feature matrix as one blob of fixed-width rows, records
+#: as blobs cut by JSON arrays of lengths): redis-py spends ~1.5 µs packing each argument, and
+#: this is the hot path.
+_LOG_BATCH = """
 local ttl = tonumber(ARGV[1])
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
-return #KEYS
+local fv, sv, width = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ids = cjson.decode(ARGV[5])
+local rows, recs = ARGV[6], ARGV[8]
+local lens = cjson.decode(ARGV[7])
+local dm, memo_ttl, memos, mlens = ARGV[10], tonumber(ARGV[11]), ARGV[13], cjson.decode(ARGV[12])
+local at, mat = 1, 1
+for i = 1, #ids do
+  redis.call('SET', fv .. ids[i], string.sub(rows, (i - 1) * width + 1, i * width), 'EX', ttl)
+  redis.call('SET', sv .. ids[i], string.sub(recs, at, at + lens[i] - 1), 'EX', ttl)
+  redis.call('SET', dm .. ids[i], string.sub(memos, mat, mat + mlens[i] - 1), 'EX', memo_ttl)
+  at = at + lens[i]
+  mat = mat + mlens[i]
+end
+local found = {}
+for a = 1, #ids, 4000 do
+  local part = {}
+  for i = a, math.min(a + 3999, #ids) do part[#part + 1] = ids[i] end
+  local got = redis.call('HMGET', ARGV[9], unpack(part))
+  for i = 1, #part do
+    if got[i] then found[#found + 1] = got[i] end
+  end
+end
+return found
 """
 LABEL_SEEN_PREFIX = "rs:label:"
 #: Labels whose transaction was not scored yet (field = event_id, value = the label as JSON).
@@ -115,7 +140,7 @@ class ScoringService:
             raise ValueError(msg)
         self.redelivery = redelivery
         self.rules_watcher = rules_watcher
-        self._set_many_ex = client.register_script(_SET_MANY_EX)
+        self._log_batch = client.register_script(_LOG_BATCH)
         self.evaluator = RollingEvaluator(5000, settings.review_threshold)
         self._bad_shadows: set[str] = set()
         self._late_seen = 0
@@ -133,18 +158,21 @@ class ScoringService:
         t1 = time.perf_counter()
         scored: ScoredBatch | None = None
         records, arrived_at, dead = decoded.records, decoded.arrived_at, list(decoded.dead)
-        again = np.zeros(0, dtype=bool)
+        answered: dict[int, bytes] = {}
         if records:
             scored = self.pipeline.score_batch(records)
             if scored.redelivered.any():
-                scored, records, arrived_at, again = self._redeliveries(
+                scored, records, arrived_at, answered = self._redeliveries(
                     scored, decoded, dead, report
                 )
         t2 = time.perf_counter()
         self._emit_dead(dead, self.settings.topic_transactions)
         if scored is not None and scored.decisions:
-            self._emit_decisions(scored, records, arrived_at, report, again)
+            self._emit_decisions(scored, records, arrived_at, report, answered)
+        t3 = time.perf_counter()
         self.sink.flush()
+        now = time.time()  # the decisions are durable now: the latency clock stops here
+        t4 = time.perf_counter()
         late = self.pipeline.features.late_events
         if late > self._late_seen:
             metrics.LATE_EVENTS.inc(late - self._late_seen)
@@ -152,24 +180,28 @@ class ScoringService:
         anomaly = self.pipeline.anomaly
         if scored is not None and anomaly is not None:
             # unsupervised: after scoring, never before, and once per event id
-            fresh = ~scored.redelivered
-            if fresh.any():
-                anomaly.learn_batch(scored.features[fresh])
-        t3 = time.perf_counter()
-        now = time.time()
+            red = scored.redelivered
+            fresh_x = scored.features[~red] if red.any() else scored.features
+            if len(fresh_x):
+                anomaly.learn_batch(fresh_x)
+        t5 = time.perf_counter()
         if scored is not None and self.drift is not None:  # after the decisions went out
             fresh_rows = scored.without(scored.redelivered) if scored.redelivered.any() else scored
             self.drift.observe_batch(fresh_rows)  # a redelivery is in the window once
-            report.stage_seconds["drift"] = time.perf_counter() - t3
+            report.stage_seconds["drift"] = time.perf_counter() - t5
         if scored is not None:
             report.scored = scored
             report.latencies = [now - a for a in arrived_at]
+            observe = metrics.DECISION_LATENCY.observe
             for lat in report.latencies:
-                metrics.DECISION_LATENCY.observe(lat)
+                observe(lat)
             report.stage_seconds.update(scored.stage_seconds)
-        report.stage_seconds["decode"] = t1 - t0
-        report.stage_seconds["emit"] = t3 - t2
-        for stage, secs in report.stage_seconds.items():
+        stages = report.stage_seconds
+        stages["decode"] = t1 - t0
+        stages["emit"] = t3 - t2
+        stages["flush"] = t4 - t3
+        stages["online"] = stages.get("online", 0.0) + (t5 - t4)
+        for stage, secs in stages.items():
             metrics.STAGE_SECONDS.labels(stage).observe(secs)
         topic = self.settings.topic_transactions
         metrics.EVENTS.labels(topic, "valid").inc(report.valid)
@@ -184,7 +216,7 @@ class ScoringService:
         decoded: Decoded,
         dead: list[DeadLetter],
         report: BatchReport,
-    ) -> tuple[ScoredBatch, list[dict[str, Any]], list[float], BoolArray]:
+    ) -> tuple[ScoredBatch, list[dict[str, Any]], list[float], dict[int, bytes]]:
         """Transactions an earlier batch had already counted (Kafka redelivered them, or a file
         repeats them): the exactly-once effect for their outputs.
 
@@ -194,8 +226,8 @@ class ScoringService:
         the emit) is the event scored now, from a state that already counts it once. A replay
         (``redelivery="dead_letter"``) dead-letters them as ``duplicate_event_id``, as it does a
         copy within one batch: one decision per event id in its decision log. Returns the batch,
-        its records and arrival times (less the dead-lettered rows) and, per row, whether it is
-        a memo answered again (no review case, no memo write, no decision count).
+        its records and arrival times (less the dead-lettered rows) and the rows answered from
+        their memo (row -> the bytes first sent: no review case, no memo write, no count).
         """
         red = scored.redelivered
         idx = np.flatnonzero(red).tolist()
@@ -210,15 +242,10 @@ class ScoringService:
             report.dead += len(idx)
             keep = [i for i in range(len(records)) if not red[i]]
             scored = scored.without(red)
-            return (
-                scored,
-                [records[i] for i in keep],
-                [arrived[i] for i in keep],
-                np.zeros(len(keep), dtype=bool),
-            )
-        again = np.zeros(len(records), dtype=bool)
+            return scored, [records[i] for i in keep], [arrived[i] for i in keep], {}
+        answered: dict[int, bytes] = {}
         if not self.live:
-            return scored, records, arrived, again
+            return scored, records, arrived, answered
         ids = [scored.decisions[i].event_id for i in idx]
         memos = self.redis.mget(
             [DECISION_MEMO_PREFIX + e for e in ids] + [FEATURE_LOG_PREFIX + e for e in ids]
@@ -233,8 +260,8 @@ class ScoringService:
                 continue
             scored.decisions[i] = Decision(**orjson.loads(memo))
             scored.features[i] = row
-            again[i] = True
-        return scored, records, arrived, again
+            answered[i] = _as_bytes(memo)
+        return scored, records, arrived, answered
 
     def _emit_decisions(
         self,
@@ -242,83 +269,82 @@ class ScoringService:
         records: Sequence[dict[str, Any]],
         arrived_at: Sequence[float],
         report: BatchReport,
-        again: BoolArray,
+        answered: dict[int, bytes],
     ) -> None:
-        """Send every decision (a redelivered one as first sent: ``again``), queue new review
-        cases and write the feature log and decision memo, in one Redis round trip."""
+        """Send every decision (a redelivery answered from its memo: ``answered``, row -> the
+        bytes first sent), queue new review cases and write the feature log and the decision
+        memo, in one Redis round trip."""
         s = self.settings
         send = self.sink.send
         dumps = orjson.dumps
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         cases: list[dict[str, Any]] = []
-        counts: dict[str, int] = {}
+        decisions = scored.decisions
         x = np.ascontiguousarray(scored.features, dtype=np.float64)
         live = self.live
-        new = ~again if again.any() else np.ones(len(scored.decisions), dtype=bool)
-        sent: list[bytes] = []  # each decision as sent (the memo keeps the same bytes)
-        for i, d in enumerate(scored.decisions):
-            is_new = bool(new[i])
-            if is_new:
+        topic, review_topic = s.topic_scores, s.topic_review
+        sent: list[bytes] = []  # each decision as sent (a memo keeps the same bytes)
+        for i, d in enumerate(decisions):
+            out = answered.get(i) if answered else None
+            if out is None:
                 d.scored_at = now
                 d.latency_ms = (now - arrived_at[i]) * 1000.0
-            rec = d.to_record()
-            key = d.card_id.encode()
-            sent.append(dumps(rec))
-            send(s.topic_scores, key, sent[-1])
-            if not is_new:  # answered again: its case and counts exist already
-                continue
-            counts[d.decision] = counts.get(d.decision, 0) + 1
-            if live and d.decision == REVIEW:
+                out = dumps(d)  # the dataclass is the scores record
+            sent.append(out)
+            send(topic, d.card_id.encode(), out)
+        # a redelivery answered from its memo has its case, counts and logs already
+        fresh = [i for i in range(len(decisions)) if i not in answered] if answered else None
+        new = decisions if fresh is None else [decisions[i] for i in fresh]
+        counts = Counter(d.decision for d in new)
+        if live and counts.get(REVIEW):
+            for i in range(len(decisions)) if fresh is None else fresh:
+                d = decisions[i]
+                if d.decision != REVIEW:
+                    continue
                 txn = records[i]
                 # A case a rule raised is at least as likely as one at the review threshold,
                 # so rules-only cases (score 0 in degraded mode) still rank by amount.
                 p_fraud = max(d.score, s.review_threshold)
                 case = {
-                    **rec,
+                    **d.to_record(),
                     "expected_loss": p_fraud * d.amount,
                     "merchant_id": txn.get("merchant_id"),
                     "transaction": txn,
                     "features": dict(zip(scored.feature_names, x[i].tolist(), strict=True)),
                 }
                 cases.append(case)
-                send(s.topic_review, key, dumps(case))
-        fresh = np.flatnonzero(new).tolist()
-        if live and fresh:
-            logged = [scored.decisions[i] for i in fresh]
-            self._set_many_ex(
-                keys=[FEATURE_LOG_PREFIX + d.event_id for d in logged]
-                + [SCORE_LOG_PREFIX + d.event_id for d in logged],
+                send(review_topic, d.card_id.encode(), dumps(case))
+        if live and new:
+            rows = x if fresh is None else x[fresh]
+            memos = sent if fresh is None else [sent[i] for i in fresh]
+            logged = [dumps(_score_record(d)) for d in new]
+            self._log_batch(
                 args=[
-                    self.feature_log_ttl,
-                    *(x[i].tobytes() for i in fresh),
-                    *(dumps(_score_record(d)) for d in logged),
+                    self.feature_log_ttl, FEATURE_LOG_PREFIX, SCORE_LOG_PREFIX,
+                    rows.shape[1] * 8, dumps([d.event_id for d in new]), rows.tobytes(),
+                    dumps([len(v) for v in logged]), b"".join(logged), PENDING_LABELS,
+                    DECISION_MEMO_PREFIX, s.redelivery_memo_seconds,
+                    dumps([len(v) for v in memos]), b"".join(memos),
                 ],
                 client=pipe,
-            )
-            self._set_many_ex(
-                keys=[DECISION_MEMO_PREFIX + d.event_id for d in logged],
-                args=[s.redelivery_memo_seconds, *(sent[i] for i in fresh)],
-                client=pipe,
-            )
+            )  # fmt: skip
+            # the case page's card and merchant history
+            record_history(pipe, new, records if fresh is None else [records[i] for i in fresh])
         add_cases(pipe, cases)
-        pending = live and bool(fresh)  # labels parked for these transactions
-        if pending:  # and the case page's card and merchant history
-            record_history(pipe, [scored.decisions[i] for i in fresh], [records[i] for i in fresh])
-            pipe.hmget(PENDING_LABELS, [scored.decisions[i].event_id for i in fresh])
         pipe.zcard(QUEUE_KEY)
         replies = pipe.execute()
         depth = replies[-1]
-        if pending:
-            self._apply_pending([orjson.loads(v) for v in replies[-2] if v is not None], report)
+        if live and new:
+            self._apply_pending([orjson.loads(v) for v in replies[0]], report)
         metrics.REVIEW_QUEUE_DEPTH.set(depth)
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
-        degraded = [scored.decisions[i] for i in fresh if scored.decisions[i].mode != "normal"]
+        degraded = [d for d in new if d.mode != "normal"]
         if degraded:  # a batch is degraded as a whole: one reason, appended last by the pipeline
             reason = degraded[0].reasons[-1].split(":", 1)[-1]
             metrics.DEGRADED_DECISIONS.labels(reason).inc(len(degraded))
-        report.decisions = counts
+        report.decisions = dict(counts)
 
     def _apply_pending(self, labels: list[dict[str, Any]], report: BatchReport) -> None:
         """Labels that had arrived before these transactions were scored, applied now."""
@@ -476,7 +502,7 @@ class ScoringService:
                 new.append(have[v])
             elif v not in self._bad_shadows:
                 try:
-                    new.append(registry.load(v))
+                    new.append(registry.load(v, self.settings.model_threads))
                 except Exception:
                     log.exception("shadow %s unreadable; skipped", v)
                     self._bad_shadows.add(v)
@@ -507,7 +533,7 @@ class ScoringService:
         if version is None or version == self._champion_version:
             return False
         try:
-            scorer = registry.load(version)
+            scorer = registry.load(version, self.settings.model_threads)
         except Exception:
             log.exception("could not load the promoted champion; keeping the current one")
             return False

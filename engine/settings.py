@@ -10,6 +10,7 @@ embedded stack, compose.yaml and production.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,9 +36,21 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "dead-letter"
     topic_partitions: int = Field(default=4, ge=1)
 
+    #: Most events in one micro-batch; batches are as large as what has arrived, up to this.
     batch_size: int = Field(default=1000, ge=1)
+    #: How long a Faust agent (events, labels) waits for its batch to fill.
     batch_within_seconds: float = Field(default=0.05, gt=0)
+    #: Transactions consumer: ``batch`` (librdkafka batches, managed by a Faust service) or
+    #: ``agent`` (a plain Faust agent with ``stream.take``; ~10,000 events/s at most).
+    consumer: Literal["batch", "agent"] = "batch"
+    #: How long the broker may hold a fetch that finds nothing new (see engine.batch_consumer).
+    fetch_max_wait_ms: int = Field(default=25, ge=1, le=10_000)
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+
+    #: Threads per LightGBM predict in the worker. One: a scoring batch is small, and OpenMP
+    #: threads spinning against the broker and Redis on the same cores made predict 2x (batches
+    #: of 1,000) to 7x (batches of 20) slower on 2 cores.
+    model_threads: int = Field(default=1, ge=0)
 
     rules_dir: Path = DEFAULT_RULES_DIR
     #: A YAML feature spec; unset = the built-in default spec (features/spec.py).
@@ -81,6 +94,11 @@ class Settings(BaseSettings):
             self.topic_transactions, self.topic_events, self.topic_labels,
             self.topic_scores, self.topic_review, self.topic_dead_letter,
         ]  # fmt: skip
+
+    @property
+    def scoring_group_id(self) -> str:
+        """Consumer group of the transactions batch consumer (Faust's group is ``app_id``)."""
+        return f"{self.app_id}-scoring"
 
     @property
     def models_dir(self) -> Path:

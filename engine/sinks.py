@@ -44,10 +44,13 @@ class KafkaSink:
     def __init__(self, bootstrap: str, **config: Any) -> None:
         conf = {
             "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
+            # The worker flushes every batch: lingering would only add to each decision's latency.
+            "linger.ms": 0,
             "enable.idempotence": False,
             "acks": "all",
             "message.timeout.ms": 30_000,
+            # No Python callback per delivered record (~1 µs each); failures still call back.
+            "delivery.report.only.error": True,
             **config,
         }
         self._producer = Producer(conf)

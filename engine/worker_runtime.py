@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, SinkError, ConnectionError, TimeoutError)
 
 
+class BatchAbandonedError(RuntimeError):
+    """The worker stopped while a batch was still failing: it is not committed (redelivered)."""
+
+
 def to_raw(event: Any) -> RawMessage:
     """A Faust event as a :class:`RawMessage` (value bytes + topic/partition/offset/timestamp)."""
     m = event.message
@@ -45,6 +49,20 @@ class Runtime:
         with self.lock:
             return fn(*args)
 
+    def _failed(self, exc: Exception, n: int, topic: str, attempt: int) -> str | None:
+        """Log a failed attempt; the dead-letter detail once retries are exhausted, else None."""
+        if isinstance(exc, TRANSIENT):
+            log.warning("batch of %d from %s: %s; retrying", n, topic, exc)
+            return None
+        log.exception("batch of %d from %s failed (attempt %d)", n, topic, attempt)
+        if attempt >= self.max_attempts:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return None
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return min(10.0, 0.25 * 2.0 ** min(attempt, 6))
+
     async def run_batch(
         self, fn: Callable[[Sequence[RawMessage]], BatchReport], events: Sequence[Any], topic: str
     ) -> None:
@@ -61,16 +79,52 @@ class Runtime:
             try:
                 await asyncio.to_thread(self.locked, fn, msgs)
                 return
-            except TRANSIENT as exc:
-                log.warning("batch of %d from %s: %s; retrying", len(msgs), topic, exc)
             except Exception as exc:
-                log.exception("batch of %d from %s failed (attempt %d)", len(msgs), topic, attempt)
-                if attempt >= self.max_attempts:
-                    detail = f"{type(exc).__name__}: {exc}"[:500]
+                detail = self._failed(exc, len(msgs), topic, attempt)
+                if detail is not None:
                     await self._dead_letter(msgs, detail)
                     return
             metrics.BATCH_RETRIES.labels(topic).inc()
-            await asyncio.sleep(min(10.0, 0.25 * 2 ** min(attempt, 6)))
+            await asyncio.sleep(self._backoff(attempt))
+
+    def process_sync(
+        self,
+        fn: Callable[[Sequence[RawMessage]], BatchReport],
+        msgs: Sequence[RawMessage],
+        topic: str,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """:meth:`run_batch` for a consumer thread (same retries, same dead letters).
+
+        Raises :class:`BatchAbandonedError` when ``stopping`` is set while retrying: the worker
+        is going down, the batch is not committed and will be redelivered.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.locked(fn, msgs)
+                return
+            except Exception as exc:
+                detail = self._failed(exc, len(msgs), topic, attempt)
+                if detail is not None:
+                    self._dead_letter_sync(msgs, detail, stopping)
+                    return
+            metrics.BATCH_RETRIES.labels(topic).inc()
+            if (stopping or threading.Event()).wait(self._backoff(attempt)):
+                raise BatchAbandonedError(topic)
+
+    def _dead_letter_sync(
+        self, msgs: Sequence[RawMessage], detail: str, stopping: threading.Event | None
+    ) -> None:
+        while True:
+            try:
+                self.service.dead_letter_all(msgs, detail)
+                return
+            except Exception:
+                log.exception("could not write %d messages to dead-letter; retrying", len(msgs))
+            if (stopping or threading.Event()).wait(2.0):
+                raise BatchAbandonedError(msgs[0].topic if msgs else "?")
 
     async def _dead_letter(self, msgs: Sequence[RawMessage], detail: str) -> None:
         while True:

@@ -42,6 +42,7 @@ from models.train import train_lightgbm
 from replay.backtest import feature_log
 from replay.inprocess import records_of
 from replay.kafka_io import json_items, produce, produce_mixed, producer, read_topic
+from replay.live_bench import quantiles_of, worker_rate
 from replay.session import fresh_run
 from replay.simulate import simulate
 
@@ -243,6 +244,9 @@ def _summary(
         "throughput_events_per_second": len(merged) / max(stream_seconds, 1e-9),
         "latency_p50_seconds": float(np.percentile(lat, 50)),
         "latency_p99_seconds": float(np.percentile(lat, 99)),
+        # The worker's own histogram: Kafka timestamp -> decision flushed (after the produce).
+        **quantiles_of(metrics_text),
+        "worker_events_per_second": worker_rate(metrics_text),
         "average_precision": float(average_precision_score(y, s)) if y.any() else float("nan"),
         "auc_roc": float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan"),
         "fraud_rate": float(y.mean()),

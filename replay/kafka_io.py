@@ -14,8 +14,12 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 
-def producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000})
+def producer(bootstrap: str, linger_ms: float = 5) -> Producer:
+    """A producer for replays; ``linger_ms=0`` sends each paced message at once (latency runs:
+    the latency clock starts at the message's timestamp, taken when it is produced)."""
+    return Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "batch.num.messages": 10000}
+    )
 
 
 def produce(
@@ -42,7 +46,7 @@ def produce_mixed(
             except BufferError:
                 prod.poll(0.05)
         n += 1
-        if rate > 0 and n % 50 == 0:
+        if rate > 0 and n % 10 == 0:
             ahead = n / rate - (time.perf_counter() - t0)
             if ahead > 0:
                 time.sleep(ahead)

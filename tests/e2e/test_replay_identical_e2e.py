@@ -49,7 +49,7 @@ from replay.kafka_io import read_topic
 from replay.replay import ReplayOptions, replay_inprocess, replay_kafka
 from replay.simulate import simulate
 from replay.sources import write_transactions
-from tests.e2e.topics import unique_topics
+from tests.e2e.support import db_url, unique_topics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -59,14 +59,8 @@ COMPARED = ("score", "decision", "reasons", "rule_set", "model")
 BLOCK_THRESHOLD = 0.7
 
 
-def _db_url(url: str, db: int) -> str:
-    """``url`` on database ``db`` (the server's other databases are left alone)."""
-    base, _, tail = url.rpartition("/")
-    return f"{base}/{db}" if tail.isdigit() and "//" in base else f"{url.rstrip('/')}/{db}"
-
-
 def _fresh_db(url: str, db: int) -> str:
-    u = _db_url(url, db)
+    u = db_url(url, db)
     client = redis.Redis.from_url(u)
     client.flushdb()
     client.close()

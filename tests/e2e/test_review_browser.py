@@ -38,7 +38,7 @@ from engine.review.store import QUEUE_KEY
 from engine.sinks import ensure_topics
 from engine.worker_process import WorkerProcess, metric_value, wait_until
 from replay.kafka_io import produce, producer, read_topic
-from tests.e2e.topics import unique_topics
+from tests.e2e.support import unique_topics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
