@@ -31,6 +31,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from engine.settings import Settings
 from engine.sinks import ensure_topics
 from engine.worker_process import WorkerProcess, metric_value, wait_until
 from features.reference import reference_features
@@ -87,6 +88,12 @@ def _with_copies(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     return frame.iloc[order].reset_index(drop=True)
 
 
+def _scoring_group(env: dict[str, str]) -> str:
+    """The consumer group that commits the transactions topic's offsets."""
+    settings = Settings(app_id=env["RISKSTREAM_APP_ID"])
+    return settings.scoring_group_id if settings.consumer == "batch" else settings.app_id
+
+
 def _committed_all(bootstrap: str, group: str, topic: str, partitions: int, n: int) -> bool:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
@@ -101,7 +108,7 @@ def _run(stack: dict[str, str], tmp_path: Path, workers: int, db: int) -> None:
     env = _setup(stack, tmp_path, partitions=workers, db=db)
     bootstrap = stack["RISKSTREAM_KAFKA_BOOTSTRAP"]
     tx, scores_topic = env["RISKSTREAM_TOPIC_TRANSACTIONS"], env["RISKSTREAM_TOPIC_SCORES"]
-    group = env["RISKSTREAM_APP_ID"]
+    group = _scoring_group(env)
     sent = _with_copies(world, seed=workers)
     half = len(sent) // 2
     first, second = _items(sent.iloc[:half]), _items(sent.iloc[half:])
@@ -122,8 +129,8 @@ def _run(stack: dict[str, str], tmp_path: Path, workers: int, db: int) -> None:
     # redelivery: the restarted workers start from offset 0 (a new consumer group: Tansu takes
     # offset commits from group members only, and Faust's group admits Faust members only)
     again = len(set(sent.iloc[:half]["event_id"]))
-    env = {**env, "RISKSTREAM_APP_ID": group + "-restarted"}
-    group = env["RISKSTREAM_APP_ID"]
+    env = {**env, "RISKSTREAM_APP_ID": env["RISKSTREAM_APP_ID"] + "-restarted"}
+    group = _scoring_group(env)
 
     produce(producer(bootstrap), tx, second)
     procs = [WorkerProcess(env, tmp_path / f"w{w}-2.log").start() for w in range(workers)]
