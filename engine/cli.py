@@ -155,6 +155,9 @@ def backtest(
     label_delay: Annotated[str, typer.Option(help="Labels known this long after the txn.")] = "7d",
     model: Annotated[str | None, typer.Option(help="Use this registered model.")] = None,
     rules: Annotated[Path | None, typer.Option(help="Rule directory to use.")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row (else OUT/rejected.parquet).")
+    ] = False,
 ) -> None:
     """Train on a period and score a later one exactly as live would have; write a report."""
     from contextlib import ExitStack
@@ -182,7 +185,7 @@ def backtest(
         settings = Settings(**overrides)
         report = run_backtest(
             settings, transactions, period, out, labels_path=labels,
-            label_delay_ms=delay_ms, model_version=model,
+            label_delay_ms=delay_ms, model_version=model, strict=strict,
         )  # fmt: skip
     keys = (
         "auc_roc", "average_precision", "card_precision_at_100", "oracle_card_precision_at_100",
@@ -191,6 +194,10 @@ def backtest(
     for k in keys:
         v = report[k]
         console.print(f"{k:32s} {v:,.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+    if report["n_quarantined"]:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in report["quarantined"].items())
+        console.print(f"quarantined {report['n_quarantined']:,} rows ({reasons}): "
+                      f"{out / 'rejected.parquet'}")  # fmt: skip
     console.print(f"report: {out / 'report.html'}")
 
 

@@ -53,6 +53,9 @@ def replay(
     ] = "1h",
     batch_size: Annotated[int, typer.Option(min=1, help="Items per batch.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row (else DIR/rejected.parquet).")
+    ] = False,
 ) -> None:
     """Replay files in event-time order through the pipeline (in-process) or into Kafka."""
     from replay.merge import parse_duration, parse_time
@@ -78,11 +81,16 @@ def replay(
             batch_size=batch_size,
             max_defer_ms=parse_duration(max_defer),
             progress=progress,
+            strict=strict,
         )
     except ValueError as exc:
         raise ReplayUsageError(str(exc)) from None
+    from replay.quarantine import BadRowError
+
     try:
         result = run_replay(opts, console=console)
+    except BadRowError:
+        raise
     except ValueError as exc:  # e.g. a checkpoint for other inputs
         raise ReplayUsageError(str(exc)) from None
     dead = sum(result.dead.values())
@@ -94,6 +102,7 @@ def replay(
         f"in {result.seconds:.1f}s: {result.events_per_second:,.0f} events/s"
         + (f"; decisions {decided}" if decided else "")
         + (f"; dead letters {dead:,} ({reasons})" if dead else "")
+        + (f"; bad rows in {opts.out / 'rejected.parquet'}" if dead and opts.out else "")
         + (f"; {result.filtered:,} outside --from/--until" if result.filtered else "")
     )
     if result.out_of_order:

@@ -39,10 +39,14 @@ CARD_NUMBER = "card_number_detected"
 OVERSIZE = "oversize"
 DUPLICATE = "duplicate_event_id"
 PROCESSING_ERROR = "processing_error"
+REFUND = "refund_not_supported"
 REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_AMOUNT, INVALID_TIMESTAMP,
-    CARD_NUMBER, OVERSIZE, DUPLICATE, PROCESSING_ERROR,
+    CARD_NUMBER, OVERSIZE, DUPLICATE, PROCESSING_ERROR, REFUND,
 )  # fmt: skip
+#: Values of a transaction's optional ``type`` that move money back to the card: not scored
+#: (a refund is not an authorisation risk decision), dead-lettered as ``refund_not_supported``.
+REFUND_TYPES = frozenset({"refund", "reversal", "void", "credit", "return", "chargeback"})
 
 #: Epoch-millisecond timestamps outside [2000-01-01, 2100-01-01) are refused as unparseable.
 MIN_TS_MS = 946_684_800_000
@@ -77,7 +81,7 @@ class DeadLetter:
 
     def to_record(self) -> Record:
         """The dead-letter topic's record; card numbers in the raw bytes are redacted first."""
-        raw = redact_pans(self.message.value)
+        raw = redact_pans(self.message.value, _event_time(self.message.value))
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -93,6 +97,19 @@ class DeadLetter:
             "size_bytes": len(self.message.value),
             "received_at": self.message.received_at,
         }
+
+
+def _event_time(raw: bytes) -> int | None:
+    """The epoch-ms ``ts`` of a JSON object message, if it is one the validator takes as a time
+    (a 13-digit time may pass Luhn: redaction must keep it, and only it)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    ts = obj.get("ts") if isinstance(obj, dict) else None
+    if isinstance(ts, int) and not isinstance(ts, bool) and MIN_TS_MS <= ts < MAX_TS_MS:
+        return ts
+    return None
 
 
 class Invalid(Exception):  # noqa: N818 - control flow inside this module only
@@ -214,8 +231,11 @@ def validate(obj: Any, schema: Schema, may_hold_pan: bool) -> Record:
             raise Invalid(MISSING_FIELD, "amount: required")
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             raise Invalid(WRONG_TYPE, "amount: expected a number")
-        if not math.isfinite(amount) or amount <= 0:
-            raise Invalid(INVALID_AMOUNT, "amount: must be a finite number > 0")
+        if not math.isfinite(amount):
+            raise Invalid(INVALID_AMOUNT, "amount: must be a finite number >= 0")
+        kind = obj.get("type")
+        if amount < 0 or (isinstance(kind, str) and kind.lower() in REFUND_TYPES):
+            raise Invalid(REFUND, "refunds/reversals (negative amount or type) are not scored")
         record["amount"] = float(amount)
     return record
 

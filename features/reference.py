@@ -28,7 +28,7 @@ import pandas as pd
 from numba import njit
 
 from features._types import BoolArray, FloatArray, IntArray
-from features.spec import DEFAULT_SPEC, FeatureSpec, validate_spec
+from features.spec import AMOUNT_FIELD, DEFAULT_SPEC, FeatureSpec, validate_spec
 
 
 def first_deliveries(event_ids: Sequence[Any]) -> BoolArray:
@@ -51,8 +51,11 @@ def _passes(f: FeatureSpec, cols: Mapping[str, Sequence[Any]], n: int) -> BoolAr
     ok = np.ones(n, dtype=bool)
     if f.filter is not None:
         col = cols.get(f.filter.field)
-        allowed = f.filter.values
-        ok &= np.array([False] * n if col is None else [str(v) in allowed for v in col], bool)
+        if f.filter.field == AMOUNT_FIELD:  # compared as numbers
+            ok &= f.filter.mask(col, n)
+        else:
+            allowed = f.filter.values
+            ok &= np.array([False] * n if col is None else [str(v) in allowed for v in col], bool)
     if f.agg == "distinct":
         col = cols.get(f.field)
         ok &= np.array([False] * n if col is None else [bool(v) for v in col], bool)
@@ -324,6 +327,7 @@ def reference_features(
                 label_ts[i] = float(lt)
                 fraud[i] = True
     acc = account_events or {}
+    tx_cols = {**entities, AMOUNT_FIELD: amt.tolist()}  # amount filters compare numbers
     for col, f in enumerate(features):
         q_ent = _entity(f.entity, entities, n)
         if f.source == "events":
@@ -347,7 +351,7 @@ def reference_features(
                 same=False,
             )
             continue
-        ok = new & _passes(f, entities, n)
+        ok = new & _passes(f, tx_cols, n)
         vals = list(entities.get(f.field, [None] * n))
         if f.agg in ("fraud_count", "fraud_rate"):
             g = FeatureSpec.of(
