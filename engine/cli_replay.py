@@ -94,6 +94,7 @@ def replay(
     except ValueError as exc:  # e.g. a checkpoint for other inputs
         raise ReplayUsageError(str(exc)) from None
     dead = sum(result.dead.values())
+    bad_rows = result.dead.get("transaction", 0)
     reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(result.dead_reasons.items()))
     decided = ", ".join(f"{k}={v:,}" for k, v in sorted(result.decisions.items()))
     console.print(
@@ -102,7 +103,12 @@ def replay(
         f"in {result.seconds:.1f}s: {result.events_per_second:,.0f} events/s"
         + (f"; decisions {decided}" if decided else "")
         + (f"; dead letters {dead:,} ({reasons})" if dead else "")
-        + (f"; bad rows in {opts.out / 'rejected.parquet'}" if dead and opts.out else "")
+        + (
+            f"; {bad_rows:,} transaction rows quarantined"
+            + (f" in {opts.out / 'rejected.parquet'}" if opts.out else "")
+            if bad_rows
+            else ""
+        )
         + (f"; {result.filtered:,} outside --from/--until" if result.filtered else "")
     )
     if result.out_of_order:

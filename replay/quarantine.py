@@ -36,6 +36,7 @@ from engine.schemas import (
     REFUND,
     REFUND_TYPES,
     TRANSACTION,
+    WRONG_TYPE,
 )
 
 REJECTED_FILE = "rejected.parquet"
@@ -82,8 +83,8 @@ def split_frame(
             mark(np.ones(n, dtype=bool), MISSING_FIELD, f"the file has no column {name!r}")
             continue
         col = df[name]
-        mark(col.isna().to_numpy() | (col.astype(str) == "").to_numpy(), MISSING_FIELD,
-             f"{name}: required, non-empty")  # fmt: skip
+        mark(col.isna().to_numpy(), MISSING_FIELD, f"{name}: required")
+        mark((col.astype(str) == "").to_numpy(), WRONG_TYPE, f"{name}: expected a non-empty string")
     if "ts" not in df.columns:
         mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'ts'")
     else:
