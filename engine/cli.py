@@ -250,6 +250,15 @@ def main() -> None:
         sys.exit(2)
     except Exception as exc:
         name = type(exc).__name__
+        errors = getattr(exc, "errors", None)
+        if name == "ValidationError" and callable(errors):  # settings: say which and why
+            what = "; ".join(
+                ".".join(map(str, e.get("loc", ()))) + (": " if e.get("loc") else "")
+                + str(e.get("msg", "")).removeprefix("Value error, ")
+                for e in errors()
+            )  # fmt: skip
+            print(f"riskstream: error: settings: {what}", file=sys.stderr)
+            sys.exit(2)
         if name.endswith(("Error", "Exception")) and type(exc).__module__.split(".")[0] in (
             "engine", "features", "rules", "models", "replay", "pydantic", "pydantic_core",
         ):  # fmt: skip

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+#: The development hash key; ``RISKSTREAM_ENV=production`` refuses it.
+DEV_HASH_KEY = "riskstream-dev-key-change-me"
+MIN_PRODUCTION_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -50,7 +55,23 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
 
     #: Key for keyed hashes of identifiers that must never be stored in clear.
-    hash_key: SecretStr = SecretStr("riskstream-dev-key-change-me")
+    hash_key: SecretStr = SecretStr(DEV_HASH_KEY)
+    #: ``production`` refuses development defaults of secrets (the hash key).
+    env: Literal["development", "production"] = "development"
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> Settings:
+        """A production worker with the published dev key would hash identifiers guessably."""
+        if self.env == "production":
+            key = self.hash_key.get_secret_value()
+            if key == DEV_HASH_KEY or len(key) < MIN_PRODUCTION_KEY_CHARS:
+                msg = (
+                    "RISKSTREAM_HASH_KEY: set a random secret of at least "
+                    f"{MIN_PRODUCTION_KEY_CHARS} characters when RISKSTREAM_ENV=production "
+                    "(the development default is refused)"
+                )
+                raise ValueError(msg)
+        return self
 
     def topics(self) -> list[str]:
         """Every topic riskstream reads or writes (created at start when missing)."""
