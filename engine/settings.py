@@ -10,7 +10,6 @@ embedded stack, compose.yaml and production.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
