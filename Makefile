@@ -44,6 +44,14 @@ test: setup test-tools ## Unit, integration (real Valkey + Tansu) and end-to-end
 test-fast: setup ## Unit tests only
 	$(BIN)/pytest -q -m "not integration and not e2e"
 
+.PHONY: faults
+faults: setup ## Fault suite (worker SIGKILL, Valkey/broker restarts, slow Redis, poison): table
+	$(BIN)/riskstream faults --out .riskstream/faults
+
+.PHONY: fuzz
+fuzz: setup ## 1,000,000 hostile messages through a real worker (crashes, accounting, PAN scan, RSS)
+	$(BIN)/riskstream fuzz --messages 1000000 --out .riskstream/fuzz
+
 .PHONY: bench
 bench: setup ## Benchmarks: writes .bench/results.json and prints it as a table
 	$(BIN)/riskstream bench

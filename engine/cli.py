@@ -201,6 +201,65 @@ def backtest(
     console.print(f"report: {out / 'report.html'}")
 
 
+@app.command("rebuild-features")
+def rebuild_features() -> None:
+    """After a memory-only Redis lost its state, with the workers stopped: replay the committed
+    part of the transactions topic into the store (see README, Faults)."""
+    from replay.warmup import rebuild_from_topic
+
+    n = rebuild_from_topic(os.environ)
+    console.print(f"rebuilt the feature store from {n:,} committed transactions")
+
+
+@app.command()
+def faults(
+    out: Annotated[Path, typer.Option(help="Where faults.json and the logs go.")] = Path(
+        ".riskstream/faults"
+    ),
+    reduced: Annotated[bool, typer.Option(help="The CI form: fewer events and scenarios.")] = False,
+    only: Annotated[str, typer.Option(help="Comma-separated scenario names.")] = "",
+) -> None:
+    """The fault suite against a real embedded stack; prints the fault table."""
+    from rich.table import Table
+
+    from replay.faults import run_suite
+
+    results = run_suite(out, reduced, [x for x in only.split(",") if x] or None, console.print)
+    table = Table("scenario", "events in", "decisions", "dead letters", "duplicates",
+                  "differing", "lost", "features ok", "recovery s", "ok")  # fmt: skip
+    for r in results:
+        table.add_row(r.scenario, f"{r.events_in:,}", f"{r.decisions:,}", f"{r.dead_letters:,}",
+                      f"{r.duplicates:,}", f"{r.differing:,}", f"{r.lost:,}",
+                      f"{r.features_checked - r.features_mismatched:,}/{r.features_checked:,}",
+                      ", ".join(f"{x:.1f}" for x in r.recovery_seconds) or "-",
+                      str(r.ok))  # fmt: skip
+    console.print(table)
+    for r in results:
+        if r.notes:
+            console.print(f"{r.scenario}: {r.notes}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def fuzz(
+    messages: Annotated[int, typer.Option(min=1, help="How many hostile messages.")] = 1_000_000,
+    out: Annotated[Path, typer.Option(help="Where fuzz.json and the logs go.")] = Path(
+        ".riskstream/fuzz"
+    ),
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Malformed and hostile messages through a real worker: crashes, accounting, PAN scan, RSS."""
+    from replay.fuzz import run_fuzz
+
+    res = run_fuzz(messages, out, seed, log=console.print)
+    for k, v in res.__dict__.items():
+        console.print(f"{k:22s} {v}")
+    console.print(f"{'ok':22s} {res.ok}")
+    if not res.ok:
+        raise typer.Exit(1)
+
+
 @app.command("benchmark-handbook")
 def benchmark_handbook(
     seeds: Annotated[str, typer.Option(help="Comma-separated simulator seeds.")] = "0,1,2",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +49,12 @@ REASONS = (
 #: (a refund is not an authorisation risk decision), dead-lettered as ``refund_not_supported``.
 REFUND_TYPES = frozenset({"refund", "reversal", "void", "credit", "return", "chargeback"})
 
-#: Epoch-millisecond timestamps outside [2000-01-01, 2100-01-01) are refused as unparseable.
+#: Epoch-millisecond timestamps outside [2000-01-01, 2090-01-01) are refused as unparseable.
+#: The end stays below 4,000,000,000,000 on purpose: every 13-digit card number is a Visa
+#: number starting with 4, so no card number can pass as an event time (``ts`` is the one
+#: field not scanned for card numbers).
 MIN_TS_MS = 946_684_800_000
-MAX_TS_MS = 4_102_444_800_000
+MAX_TS_MS = 3_786_912_000_000
 
 
 @dataclass(slots=True)
@@ -174,7 +178,7 @@ def parse_ts(value: Any) -> int:
         )
     if not MIN_TS_MS <= ms < MAX_TS_MS:
         raise Invalid(
-            INVALID_TIMESTAMP, "ts: out of range 2000..2100 (epoch milliseconds expected)"
+            INVALID_TIMESTAMP, "ts: out of range 2000..2090 (epoch milliseconds expected)"
         )
     return ms
 
@@ -197,10 +201,34 @@ def _check_pans(obj: Any, path: str) -> None:
             _check_pans(v, f"{path}[{i}]")
 
 
-def validate(obj: Any, schema: Schema, may_hold_pan: bool) -> Record:
-    """A validated copy of ``obj`` (unknown fields kept, ``ts`` normalised to epoch ms)."""
+#: A run of 19+ digits: the only way a JSON integer can leave the 64-bit range.
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
+
+
+def _check_int_range(obj: Any, path: str) -> None:
+    """Integers must fit 64 bits: orjson reads bigger ones but cannot write them back, so such a
+    message would pass the decoder and then fail every later stage (found by the fuzz run)."""
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        if not -(2**63) <= obj < 2**64:
+            raise Invalid(WRONG_TYPE, f"{path or 'value'}: integer outside the 64-bit range")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_int_range(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_int_range(v, f"{path}[{i}]")
+
+
+def validate(obj: Any, schema: Schema, may_hold_pan: bool, long_digits: bool = True) -> Record:
+    """A validated copy of ``obj`` (unknown fields kept, ``ts`` normalised to epoch ms).
+
+    ``may_hold_pan`` / ``long_digits``: the raw bytes may hold a card number / a 19+ digit run
+    (cheap pre-filters; when False the walk over the object is skipped).
+    """
     if not isinstance(obj, dict):
         raise Invalid(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    if long_digits:
+        _check_int_range(obj, "")
     if may_hold_pan:
         _check_pans(obj, "")
     for name in schema.required_str:
@@ -275,7 +303,9 @@ def decode_batch(
                 obj = loads(raw)
             except orjson.JSONDecodeError:
                 raise Invalid(NOT_JSON, "not valid UTF-8 JSON") from None
-            record = validate(obj, schema, may_contain_pan(raw))
+            record = validate(
+                obj, schema, may_contain_pan(raw), _LONG_DIGITS.search(raw) is not None
+            )
             eid = record["event_id"]
             if eid in seen:
                 raise Invalid(DUPLICATE, f"event_id seen earlier in this batch ({eid[:64]})")

@@ -55,12 +55,20 @@ class Settings(BaseSettings):
 
     #: Key for keyed hashes of identifiers that must never be stored in clear.
     hash_key: SecretStr = SecretStr(DEV_HASH_KEY)
+    #: Fault injection for the fault suite (``make faults``): a transaction whose event_id starts
+    #: with this makes a stage raise: ``decode`` (before anything is counted) or ``score`` (after
+    #: the batch's features were counted). Empty: off; refused in production.
+    fault_poison_prefix: str = ""
+    fault_poison_stage: Literal["decode", "score"] = "decode"
     #: ``production`` refuses development defaults of secrets (the hash key).
     env: Literal["development", "production"] = "development"
 
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> Settings:
         """A production worker with the published dev key would hash identifiers guessably."""
+        if self.env == "production" and self.fault_poison_prefix:
+            msg = "RISKSTREAM_FAULT_POISON_PREFIX: fault injection is refused in production"
+            raise ValueError(msg)
         if self.env == "production":
             key = self.hash_key.get_secret_value()
             if key == DEV_HASH_KEY or len(key) < MIN_PRODUCTION_KEY_CHARS:

@@ -51,10 +51,19 @@ class Runtime:
         """Process a batch until it succeeds; only then may Faust ack it.
 
         Transient errors (Redis or Kafka unreachable) are retried forever with backoff. Any
-        other error is retried ``max_attempts`` times, then the batch goes to the dead-letter
-        topic with reason ``processing_error``: it is kept, not skipped.
+        other error is retried ``max_attempts`` times, then the batch is split in halves, each
+        processed (and split again) on its own, so that only the message that fails alone goes
+        to the dead-letter topic with reason ``processing_error``; its batch-mates are decided.
         """
-        msgs = [to_raw(e) for e in events]
+        await self._run_msgs(fn, [to_raw(e) for e in events], topic, self.max_attempts)
+
+    async def _run_msgs(
+        self,
+        fn: Callable[[Sequence[RawMessage]], BatchReport],
+        msgs: list[RawMessage],
+        topic: str,
+        max_attempts: int,
+    ) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -65,7 +74,12 @@ class Runtime:
                 log.warning("batch of %d from %s: %s; retrying", len(msgs), topic, exc)
             except Exception as exc:
                 log.exception("batch of %d from %s failed (attempt %d)", len(msgs), topic, attempt)
-                if attempt >= self.max_attempts:
+                if attempt >= max_attempts:
+                    if len(msgs) > 1:  # isolate the poison: halves, in order, 2 attempts each
+                        mid = len(msgs) // 2
+                        await self._run_msgs(fn, msgs[:mid], topic, 2)
+                        await self._run_msgs(fn, msgs[mid:], topic, 2)
+                        return
                     detail = f"{type(exc).__name__}: {exc}"[:500]
                     await self._dead_letter(msgs, detail)
                     return

@@ -90,7 +90,7 @@ def split_frame(
     else:
         ts = pd.to_numeric(df["ts"], errors="coerce").to_numpy(np.float64)
         mark(~((ts >= MIN_TS_MS) & (ts < MAX_TS_MS)), INVALID_TIMESTAMP,
-             "ts: missing, unreadable or out of range 2000..2100")  # fmt: skip
+             "ts: missing, unreadable or out of range 2000..2090")  # fmt: skip
     if "amount" not in df.columns:
         mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'amount'")
     else:

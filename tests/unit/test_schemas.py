@@ -217,3 +217,12 @@ def test_dead_letter_keeps_a_luhn_valid_timestamp_and_redacts_everything_else() 
     # a PAN as the ts value is not a time the validator takes: redacted too
     record = decode_batch([msg({**GOOD, "ts": int(PAN)})], TRANSACTION).dead[0].to_record()
     assert PAN not in record["raw"] and f'"ts":{REDACTED}' in record["raw"]
+
+
+def test_no_13_digit_card_number_is_a_valid_event_time() -> None:
+    """``ts`` is not scanned for card numbers: every 13-digit PAN (Visa, leading 4) is beyond
+    the accepted range, so none can pass as a time (and be echoed in ``scores``)."""
+    from engine.schemas import MAX_TS_MS
+
+    assert MAX_TS_MS <= 4_000_000_000_000
+    assert one_reason({**GOOD, "ts": 4_000_000_000_006}) == "invalid_timestamp"
