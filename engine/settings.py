@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "dead-letter"
     topic_partitions: int = Field(default=4, ge=1)
 
+    #: How long the group waits for a silent worker before giving its partitions to another
+    #: (Kafka's session timeout): the floor of the recovery time after a worker crash.
+    broker_session_timeout_seconds: float = Field(default=60.0, ge=6, le=300)
     batch_size: int = Field(default=1000, ge=1)
     batch_within_seconds: float = Field(default=0.05, gt=0)
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)

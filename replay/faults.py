@@ -439,8 +439,12 @@ def _account(
 def scenarios(reduced: bool) -> list[Scenario]:
     """The suite; ``reduced`` (CI): one SIGKILL, the poison, a slow Redis, fewer events."""
     n = 1500 if reduced else 4000
+    # CI: a 10 s session timeout (the group gives a dead worker's partition away sooner); the
+    # full suite measures the default (60 s), what a deployment gets unless it sets it
+    session = {"RISKSTREAM_BROKER_SESSION_TIMEOUT_SECONDS": "10"} if reduced else {}
     out = [
-        Scenario("worker_sigkill", _sigkill_worker(1 if reduced else 3), events=n, rate=60),
+        Scenario("worker_sigkill", _sigkill_worker(1 if reduced else 3), events=n, rate=60,
+                 extra_env=session),
         Scenario("poison", _poison, events=n // 2, rate=200, poison_every=500,
                  extra_env={"RISKSTREAM_FAULT_POISON_PREFIX": POISON_PREFIX,
                             "RISKSTREAM_FAULT_POISON_STAGE": "decode"}),

@@ -226,3 +226,13 @@ def test_no_13_digit_card_number_is_a_valid_event_time() -> None:
 
     assert MAX_TS_MS <= 4_000_000_000_000
     assert one_reason({**GOOD, "ts": 4_000_000_000_006}) == "invalid_timestamp"
+
+
+@pytest.mark.parametrize("extra", [b"[" * 40 + b"]" * 40, b'{"a":' * 300 + b"1" + b"}" * 300])
+def test_nesting_orjson_cannot_write_back_is_refused_at_the_door(extra: bytes) -> None:
+    """Found by the fuzz run: such a message passed the decoder, then failed the review-case
+    write of every attempt of its batch ("Recursion limit reached")."""
+    raw = orjson.dumps({**GOOD, "extra": "@@"}).replace(b'"@@"', extra)
+    assert one_reason(raw) == "wrong_type"
+    ok = orjson.dumps({**GOOD, "extra": "@@"}).replace(b'"@@"', b"[" * 20 + b"]" * 20)
+    assert decode_batch([msg(ok)], TRANSACTION).dead == []
