@@ -220,11 +220,13 @@ def faults(
     only: Annotated[str, typer.Option(help="Comma-separated scenario names.")] = "",
 ) -> None:
     """The fault suite against a real embedded stack; prints the fault table."""
+    from rich.console import Console
     from rich.table import Table
 
     from replay.faults import run_suite
 
-    results = run_suite(out, reduced, [x for x in only.split(",") if x] or None, console.print)
+    wide = Console(width=max(console.width, 150))
+    results = run_suite(out, reduced, [x for x in only.split(",") if x] or None, wide.print)
     table = Table("scenario", "events in", "decisions", "dead letters", "duplicates",
                   "differing", "lost", "features ok", "recovery s", "ok")  # fmt: skip
     for r in results:
@@ -233,10 +235,10 @@ def faults(
                       f"{r.features_checked - r.features_mismatched:,}/{r.features_checked:,}",
                       ", ".join(f"{x:.1f}" for x in r.recovery_seconds) or "-",
                       str(r.ok))  # fmt: skip
-    console.print(table)
+    wide.print(table)
     for r in results:
         if r.notes:
-            console.print(f"{r.scenario}: {r.notes}")
+            wide.print(f"{r.scenario}: {r.notes}")
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 

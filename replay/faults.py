@@ -347,6 +347,15 @@ def _env(stack: EmbeddedStack, tmp: Path, scenario: Scenario, db: int) -> dict[s
     }  # fmt: skip
 
 
+def _wait_ready(worker: WorkerProcess, timeout: float = 180) -> None:
+    """Until the worker's log says it is consuming (its first group join takes ~30 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b"Worker ready" in worker.log_path.read_bytes():
+            return
+        time.sleep(0.2)
+
+
 def run_scenario(scenario: Scenario, tmp: Path, seed: int = 3) -> ScenarioResult:
     """Run one scenario on its own stack; the result row (see the module docstring)."""
     t_start = time.monotonic()
@@ -366,6 +375,7 @@ def run_scenario(scenario: Scenario, tmp: Path, seed: int = 3) -> ScenarioResult
         ctx = _Ctx(stack, env, worker, tail, producer, result, tmp)
         try:
             tail.start()
+            _wait_ready(worker)  # the group joined: traffic meets a consuming worker
             producer.start()
             scenario.inject(ctx)
             ids = set(frame["event_id"].astype(str))
