@@ -44,7 +44,13 @@ import numpy as np
 import orjson
 import pandas as pd
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    Producer,
+    TopicPartition,
+)
 
 from engine.sinks import ensure_topics
 from engine.stack import EmbeddedStack
@@ -91,7 +97,8 @@ class ScenarioResult:
 
 
 class _Tail(threading.Thread):
-    """Reads ``scores`` and ``dead-letter`` from the beginning, noting when each value came."""
+    """Reads ``scores`` and ``dead-letter`` from the beginning, noting when each value was
+    produced (epoch seconds)."""
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         super().__init__(daemon=True)
@@ -110,8 +117,13 @@ class _Tail(threading.Thread):
                 for m in consumer.consume(5000, 0.2):
                     value = m.value()
                     if m.error() is None and value is not None:
+                        # when the worker produced it (CreateTime, wall clock), not when read
+                        kind, ms = m.timestamp()
+                        at = (
+                            ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and ms > 0 else time.time()
+                        )
                         with self.lock:
-                            self.seen.append((time.monotonic(), str(m.topic()), value))
+                            self.seen.append((at, str(m.topic()), value))
         finally:
             consumer.close()
 
@@ -213,7 +225,7 @@ class _Ctx:
             time.sleep(0.2)
 
     def recovered_after(self, t0: float, timeout: float = 240) -> None:
-        """Record the time from ``t0`` to the first decision emitted after it."""
+        """Record the time from ``t0`` (epoch seconds) to the first decision produced after it."""
         topic = self.env["RISKSTREAM_TOPIC_SCORES"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -241,7 +253,7 @@ def _sigkill_worker(times: int) -> Callable[[_Ctx], None]:
             assert proc is not None  # noqa: S101 - started
             os.killpg(proc.pid, signal.SIGKILL)  # mid-batch: decisions are flowing
             proc.wait(10)
-            t0 = time.monotonic()
+            t0 = time.time()
             ctx.restart_worker()
             ctx.recovered_after(t0)
 
@@ -254,7 +266,7 @@ def _redis_restart(ctx: _Ctx) -> None:
     time.sleep(5)  # the worker retries meanwhile (riskstream_batch_retries_total rises)
     retries = metric_value(ctx.worker.metrics(), "riskstream_batch_retries_total")
     ctx.stack.restart("redis")
-    t0 = time.monotonic()
+    t0 = time.time()
     ctx.recovered_after(t0)
     ctx.result.notes += f"batch retries while Valkey was down: {retries:.0f}; "
 
@@ -267,9 +279,9 @@ def _redis_restart_memory(ctx: _Ctx) -> None:
     ctx.stack.kill("redis")
     ctx.worker.stop()  # 1. stop the workers (their offsets are committed)
     ctx.stack.restart("redis")  # 2. Valkey back, empty
-    t0 = time.monotonic()
+    t0 = time.time()
     n = rebuild_from_topic(ctx.env)  # 3. rebuild the features from the transactions topic
-    ctx.result.notes += f"rebuilt {n} events in {time.monotonic() - t0:.1f}s; "
+    ctx.result.notes += f"rebuilt {n} events in {time.time() - t0:.1f}s; "
     ctx.restart_worker()  # 4. start the workers
     ctx.recovered_after(t0)
 
@@ -281,7 +293,7 @@ def _broker_outage(seconds: float) -> Callable[[_Ctx], None]:
         ctx.stack.kill("kafka", signal.SIGTERM)
         time.sleep(seconds)
         ctx.stack.restart("kafka")
-        t0 = time.monotonic()
+        t0 = time.time()
         # memory storage: the broker comes back without topics; recreate them (a worker start
         # does the same) so the producer's buffered sends and the worker have somewhere to go
         topics = [v for k, v in ctx.env.items() if k.startswith("RISKSTREAM_TOPIC_")
@@ -301,7 +313,7 @@ def _slow_redis(pause_ms: int) -> Callable[[_Ctx], None]:
         slow_before = _slow_decisions(ctx.worker.metrics(), 1.0)
         client = redis.Redis.from_url(ctx.env["RISKSTREAM_REDIS_URL"])
         client.execute_command("CLIENT", "PAUSE", str(pause_ms), "ALL")  # type: ignore[no-untyped-call]  # redis-py is untyped here
-        t0 = time.monotonic() + pause_ms / 1000
+        t0 = time.time() + pause_ms / 1000
         time.sleep(pause_ms / 1000)
         ctx.recovered_after(t0)
         ctx.wait_decisions(len(ctx.tail.decided_ids()) + 50, 30)
