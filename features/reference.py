@@ -166,7 +166,7 @@ def _windows(
                 out[i] = mn if cnt > 0 else np.nan
             elif agg == 5:
                 out[i] = mx if cnt > 0 else np.nan
-            elif cnt > 0 and sm != 0.0:  # ratio
+            elif cnt > 0 and sm / cnt != 0.0:  # ratio (a denormal mean may underflow to 0)
                 out[i] = q_amt[i] / (sm / cnt)
     return out
 
@@ -283,7 +283,7 @@ def _one_scan(
             v = float(len({s_val[j] for j in w.tolist()}))
         elif f.agg == "ratio":
             s = float(a.sum())
-            v = q_amt[i] / (s / c) if c and s != 0 else np.nan
+            v = q_amt[i] / (s / c) if c and s / c != 0 else np.nan
         elif f.agg == "time_since_last":
             prev = [s_ts[j] for j in w.tolist() if (not same or j != i) and s_ts[j] <= q_ts[i]]
             v = (q_ts[i] - max(prev)) / 1000.0 if prev else np.nan
