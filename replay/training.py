@@ -248,6 +248,7 @@ def replay_history(
     label_lag_ms: int = DEFAULT_LABEL_LAG_MS,
     anomaly: AnomalyModel | None = None,
     progress: bool = True,
+    title: str = "replay",
 ) -> ReplayResult:
     """Score ``tx`` (sorted by ts) in event-time order, applying ``labels`` when they arrive.
 
@@ -286,7 +287,7 @@ def replay_history(
             j += len(chunk)
 
     with Progress(
-        TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+        TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
         TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[at]}"),
         TimeRemainingColumn(), disable=not progress, transient=True,
     ) as bar:  # fmt: skip
@@ -397,8 +398,9 @@ def train_from_history(
             f"replaying {len(part):,} transactions ({iso(first)[:16]} .. {iso(last)[:16]}) "
             f"with {len(lab):,} labels through the pipeline"
         )
+        title = f"replay ({quarantine.count:,} quarantined)" if quarantine.count else "replay"
         rep = replay_history(service, part, lab, cfg.batch_size, cfg.label_lag_ms, anomaly,
-                             cfg.progress)  # fmt: skip
+                             cfg.progress, title)  # fmt: skip
         rule_set = service.pipeline.rules.version
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
