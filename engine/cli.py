@@ -182,6 +182,9 @@ def backtest(
     label_delay: Annotated[str, typer.Option(help="Labels known this long after the txn.")] = "7d",
     model: Annotated[str | None, typer.Option(help="Use this registered model.")] = None,
     rules: Annotated[Path | None, typer.Option(help="Rule directory to use.")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row (else OUT/rejected.parquet).")
+    ] = False,
 ) -> None:
     """Train on a period and score a later one exactly as live would have; write a report."""
     from contextlib import ExitStack
@@ -209,7 +212,7 @@ def backtest(
         settings = Settings(**overrides)
         report = run_backtest(
             settings, transactions, period, out, labels_path=labels,
-            label_delay_ms=delay_ms, model_version=model,
+            label_delay_ms=delay_ms, model_version=model, strict=strict,
         )  # fmt: skip
     keys = (
         "auc_roc", "average_precision", "card_precision_at_100", "oracle_card_precision_at_100",
@@ -218,7 +221,72 @@ def backtest(
     for k in keys:
         v = report[k]
         console.print(f"{k:32s} {v:,.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+    if report["n_quarantined"]:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in report["quarantined"].items())
+        console.print(f"quarantined {report['n_quarantined']:,} rows ({reasons}): "
+                      f"{out / 'rejected.parquet'}")  # fmt: skip
     console.print(f"report: {out / 'report.html'}")
+
+
+@app.command("rebuild-features")
+def rebuild_features() -> None:
+    """After a memory-only Redis lost its state, with the workers stopped: replay the committed
+    part of the transactions topic into the store (see README, Faults)."""
+    from replay.warmup import rebuild_from_topic
+
+    n = rebuild_from_topic(os.environ)
+    console.print(f"rebuilt the feature store from {n:,} committed transactions")
+
+
+@app.command()
+def faults(
+    out: Annotated[Path, typer.Option(help="Where faults.json and the logs go.")] = Path(
+        ".riskstream/faults"
+    ),
+    reduced: Annotated[bool, typer.Option(help="The CI form: fewer events and scenarios.")] = False,
+    only: Annotated[str, typer.Option(help="Comma-separated scenario names.")] = "",
+) -> None:
+    """The fault suite against a real embedded stack; prints the fault table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from replay.faults import run_suite
+
+    wide = Console(width=max(console.width, 150))
+    results = run_suite(out, reduced, [x for x in only.split(",") if x] or None, wide.print)
+    table = Table("scenario", "events in", "decisions", "dead letters", "duplicates",
+                  "differing", "lost", "features ok", "recovery s", "ok")  # fmt: skip
+    for r in results:
+        table.add_row(r.scenario, f"{r.events_in:,}", f"{r.decisions:,}", f"{r.dead_letters:,}",
+                      f"{r.duplicates:,}", f"{r.differing:,}", f"{r.lost:,}",
+                      f"{r.features_checked - r.features_mismatched:,}/{r.features_checked:,}",
+                      ", ".join(f"{x:.1f}" for x in r.recovery_seconds) or "-",
+                      str(r.ok))  # fmt: skip
+    wide.print(table)
+    for r in results:
+        if r.notes:
+            wide.print(f"{r.scenario}: {r.notes}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def fuzz(
+    messages: Annotated[int, typer.Option(min=1, help="How many hostile messages.")] = 1_000_000,
+    out: Annotated[Path, typer.Option(help="Where fuzz.json and the logs go.")] = Path(
+        ".riskstream/fuzz"
+    ),
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Malformed and hostile messages through a real worker: crashes, accounting, PAN scan, RSS."""
+    from replay.fuzz import run_fuzz
+
+    res = run_fuzz(messages, out, seed, log=console.print)
+    for k, v in res.__dict__.items():
+        console.print(f"{k:22s} {v}")
+    console.print(f"{'ok':22s} {res.ok}")
+    if not res.ok:
+        raise typer.Exit(1)
 
 
 @app.command("benchmark-handbook")
@@ -270,6 +338,15 @@ def main() -> None:
         sys.exit(2)
     except Exception as exc:
         name = type(exc).__name__
+        errors = getattr(exc, "errors", None)
+        if name == "ValidationError" and callable(errors):  # settings: say which and why
+            what = "; ".join(
+                ".".join(map(str, e.get("loc", ()))) + (": " if e.get("loc") else "")
+                + str(e.get("msg", "")).removeprefix("Value error, ")
+                for e in errors()
+            )  # fmt: skip
+            print(f"riskstream: error: settings: {what}", file=sys.stderr)
+            sys.exit(2)
         if name.endswith(("Error", "Exception")) and type(exc).__module__.split(".")[0] in (
             "engine", "features", "rules", "models", "replay", "pydantic", "pydantic_core",
         ):  # fmt: skip

@@ -187,6 +187,12 @@ def train(
         bool, typer.Option("--promote", help="Promote the new model to champion.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show the replay progress bar.")] = True,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row instead of quarantining it.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for rejected.parquet (default DATA_DIR/train).")
+    ] = None,
 ) -> None:
     """Train LightGBM on features replayed through the pipeline; evaluate; register."""
     if labels is not None and label_delay is not None:
@@ -231,6 +237,8 @@ def train(
         num_boost_round=rounds,
         promote=promote_it,
         progress=progress,
+        strict=strict,
+        out=out,
     )
     settings = Settings()
     with ExitStack() as stack:

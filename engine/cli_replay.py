@@ -53,6 +53,9 @@ def replay(
     ] = "1h",
     batch_size: Annotated[int, typer.Option(min=1, help="Items per batch.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row (else DIR/rejected.parquet).")
+    ] = False,
 ) -> None:
     """Replay files in event-time order through the pipeline (in-process) or into Kafka."""
     from replay.merge import parse_duration, parse_time
@@ -78,14 +81,20 @@ def replay(
             batch_size=batch_size,
             max_defer_ms=parse_duration(max_defer),
             progress=progress,
+            strict=strict,
         )
     except ValueError as exc:
         raise ReplayUsageError(str(exc)) from None
+    from replay.quarantine import BadRowError
+
     try:
         result = run_replay(opts, console=console)
+    except BadRowError:
+        raise
     except ValueError as exc:  # e.g. a checkpoint for other inputs
         raise ReplayUsageError(str(exc)) from None
     dead = sum(result.dead.values())
+    bad_rows = result.dead.get("transaction", 0)
     reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(result.dead_reasons.items()))
     decided = ", ".join(f"{k}={v:,}" for k, v in sorted(result.decisions.items()))
     console.print(
@@ -94,6 +103,12 @@ def replay(
         f"in {result.seconds:.1f}s: {result.events_per_second:,.0f} events/s"
         + (f"; decisions {decided}" if decided else "")
         + (f"; dead letters {dead:,} ({reasons})" if dead else "")
+        + (
+            f"; {bad_rows:,} transaction rows quarantined"
+            + (f" in {opts.out / 'rejected.parquet'}" if opts.out else "")
+            if bad_rows
+            else ""
+        )
         + (f"; {result.filtered:,} outside --from/--until" if result.filtered else "")
     )
     if result.out_of_order:

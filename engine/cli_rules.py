@@ -109,6 +109,12 @@ def backtest(
         Path | None, typer.Option("--json", help="Write the report as JSON.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 1000,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row (else DIR/rejected.parquet).")
+    ] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for rejected.parquet.")] = Path(
+        ".riskstream/rules-backtest"
+    ),
 ) -> None:
     """Replay a labelled file through the pipeline; per-rule hits, precision, recall, diff."""
     from replay.merge import parse_duration
@@ -127,8 +133,14 @@ def backtest(
         redis_url=os.environ.get("RISKSTREAM_REDIS_URL") or None,
         batch_size=batch_size,
         progress=err.is_terminal,
+        strict=strict,
+        out=out_dir,
     )
     out.print(render(report))
+    if report.quarantined:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in report.quarantined.items())
+        n = sum(report.quarantined.values())
+        out.print(f"quarantined {n:,} rows ({reasons}): {out_dir / 'rejected.parquet'}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -39,14 +39,21 @@ CARD_NUMBER = "card_number_detected"
 OVERSIZE = "oversize"
 DUPLICATE = "duplicate_event_id"
 PROCESSING_ERROR = "processing_error"
+REFUND = "refund_not_supported"
 REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_AMOUNT, INVALID_TIMESTAMP,
-    CARD_NUMBER, OVERSIZE, DUPLICATE, PROCESSING_ERROR,
+    CARD_NUMBER, OVERSIZE, DUPLICATE, PROCESSING_ERROR, REFUND,
 )  # fmt: skip
+#: Values of a transaction's optional ``type`` that move money back to the card: not scored
+#: (a refund is not an authorisation risk decision), dead-lettered as ``refund_not_supported``.
+REFUND_TYPES = frozenset({"refund", "reversal", "void", "credit", "return", "chargeback"})
 
-#: Epoch-millisecond timestamps outside [2000-01-01, 2100-01-01) are refused as unparseable.
+#: Epoch-millisecond timestamps outside [2000-01-01, 2090-01-01) are refused as unparseable.
+#: The end stays below 4,000,000,000,000 on purpose: every 13-digit card number is a Visa
+#: number starting with 4, so no card number can pass as an event time (``ts`` is the one
+#: field not scanned for card numbers).
 MIN_TS_MS = 946_684_800_000
-MAX_TS_MS = 4_102_444_800_000
+MAX_TS_MS = 3_786_912_000_000
 
 
 @dataclass(slots=True)
@@ -77,7 +84,7 @@ class DeadLetter:
 
     def to_record(self) -> Record:
         """The dead-letter topic's record; card numbers in the raw bytes are redacted first."""
-        raw = redact_pans(self.message.value)
+        raw = redact_pans(self.message.value, _event_time(self.message.value))
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -93,6 +100,19 @@ class DeadLetter:
             "size_bytes": len(self.message.value),
             "received_at": self.message.received_at,
         }
+
+
+def _event_time(raw: bytes) -> int | None:
+    """The epoch-ms ``ts`` of a JSON object message, if it is one the validator takes as a time
+    (a 13-digit time may pass Luhn: redaction must keep it, and only it)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    ts = obj.get("ts") if isinstance(obj, dict) else None
+    if isinstance(ts, int) and not isinstance(ts, bool) and MIN_TS_MS <= ts < MAX_TS_MS:
+        return ts
+    return None
 
 
 class Invalid(Exception):  # noqa: N818 - control flow inside this module only
@@ -157,7 +177,7 @@ def parse_ts(value: Any) -> int:
         )
     if not MIN_TS_MS <= ms < MAX_TS_MS:
         raise Invalid(
-            INVALID_TIMESTAMP, "ts: out of range 2000..2100 (epoch milliseconds expected)"
+            INVALID_TIMESTAMP, "ts: out of range 2000..2090 (epoch milliseconds expected)"
         )
     return ms
 
@@ -180,10 +200,32 @@ def _check_pans(obj: Any, path: str) -> None:
             _check_pans(v, f"{path}[{i}]")
 
 
-def validate(obj: Any, schema: Schema, may_hold_pan: bool) -> Record:
-    """A validated copy of ``obj`` (unknown fields kept, ``ts`` normalised to epoch ms)."""
+#: Deepest nesting of objects/arrays accepted (orjson reads 1024 levels, writes 254).
+MAX_DEPTH = 32
+
+
+def _check_structure(obj: Any, path: str, depth: int = 0) -> None:
+    """What orjson reads but cannot write back: nesting deeper than it writes. Such a message
+    used to pass the decoder and then fail every attempt of its batch when its review case (the
+    transaction in it) was written; found by the fuzz run."""
+    if isinstance(obj, dict | list):
+        if depth >= MAX_DEPTH:
+            raise Invalid(WRONG_TYPE, f"{path}: nested deeper than {MAX_DEPTH} levels")
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for k, v in items:
+            _check_structure(v, f"{path}.{k}" if path else str(k), depth + 1)
+
+
+def validate(obj: Any, schema: Schema, may_hold_pan: bool, unusual: bool = True) -> Record:
+    """A validated copy of ``obj`` (unknown fields kept, ``ts`` normalised to epoch ms).
+
+    ``may_hold_pan`` / ``unusual``: the raw bytes may hold a card number / deep nesting (cheap
+    pre-filters; when False the walk over the object is skipped).
+    """
     if not isinstance(obj, dict):
         raise Invalid(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    if unusual:
+        _check_structure(obj, "")
     if may_hold_pan:
         _check_pans(obj, "")
     for name in schema.required_str:
@@ -214,8 +256,11 @@ def validate(obj: Any, schema: Schema, may_hold_pan: bool) -> Record:
             raise Invalid(MISSING_FIELD, "amount: required")
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             raise Invalid(WRONG_TYPE, "amount: expected a number")
-        if not math.isfinite(amount) or amount <= 0:
-            raise Invalid(INVALID_AMOUNT, "amount: must be a finite number > 0")
+        if not math.isfinite(amount):
+            raise Invalid(INVALID_AMOUNT, "amount: must be a finite number >= 0")
+        kind = obj.get("type")
+        if amount < 0 or (isinstance(kind, str) and kind.lower() in REFUND_TYPES):
+            raise Invalid(REFUND, "refunds/reversals (negative amount or type) are not scored")
         record["amount"] = float(amount)
     return record
 
@@ -255,7 +300,8 @@ def decode_batch(
                 obj = loads(raw)
             except orjson.JSONDecodeError:
                 raise Invalid(NOT_JSON, "not valid UTF-8 JSON") from None
-            record = validate(obj, schema, may_contain_pan(raw))
+            unusual = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+            record = validate(obj, schema, may_contain_pan(raw), unusual)
             eid = record["event_id"]
             if eid in seen:
                 raise Invalid(DUPLICATE, f"event_id seen earlier in this batch ({eid[:64]})")

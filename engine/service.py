@@ -160,7 +160,9 @@ class ScoringService:
         records, arrived_at, dead = decoded.records, decoded.arrived_at, list(decoded.dead)
         answered: dict[int, bytes] = {}
         if records:
+            self._fault_injection(records, "decode")
             scored = self.pipeline.score_batch(records)
+            self._fault_injection(records, "score")
             if scored.redelivered.any():
                 scored, records, arrived_at, answered = self._redeliveries(
                     scored, decoded, dead, report
@@ -209,6 +211,14 @@ class ScoringService:
         if report.redelivered:
             metrics.EVENTS.labels(topic, "redelivered").inc(report.redelivered)
         return report
+
+    def _fault_injection(self, records: list[dict[str, Any]], stage: str) -> None:
+        """The fault suite's poison message (settings ``fault_poison_*``; off by default)."""
+        poison = self.settings.fault_poison_prefix
+        if poison and stage == self.settings.fault_poison_stage:
+            if any(str(r["event_id"]).startswith(poison) for r in records):
+                msg = f"fault injection: a poison transaction in stage {stage}"
+                raise RuntimeError(msg)
 
     def _redeliveries(
         self,

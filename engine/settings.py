@@ -12,10 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+#: The development hash key; ``RISKSTREAM_ENV=production`` refuses it.
+DEV_HASH_KEY = "riskstream-dev-key-change-me"
+MIN_PRODUCTION_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -36,6 +39,9 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "dead-letter"
     topic_partitions: int = Field(default=4, ge=1)
 
+    #: How long the group waits for a silent worker before giving its partitions to another
+    #: (Kafka's session timeout): the floor of the recovery time after a worker crash.
+    broker_session_timeout_seconds: float = Field(default=60.0, ge=6, le=300)
     #: Most events in one micro-batch; batches are as large as what has arrived, up to this.
     batch_size: int = Field(default=1000, ge=1)
     #: How long a Faust agent (events, labels) waits for its batch to fill.
@@ -86,7 +92,31 @@ class Settings(BaseSettings):
     review_cookie_secure: bool = False
 
     #: Key for keyed hashes of identifiers that must never be stored in clear.
-    hash_key: SecretStr = SecretStr("riskstream-dev-key-change-me")
+    hash_key: SecretStr = SecretStr(DEV_HASH_KEY)
+    #: Fault injection for the fault suite (``make faults``): a transaction whose event_id starts
+    #: with this makes a stage raise: ``decode`` (before anything is counted) or ``score`` (after
+    #: the batch's features were counted). Empty: off; refused in production.
+    fault_poison_prefix: str = ""
+    fault_poison_stage: Literal["decode", "score"] = "decode"
+    #: ``production`` refuses development defaults of secrets (the hash key).
+    env: Literal["development", "production"] = "development"
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> Settings:
+        """A production worker with the published dev key would hash identifiers guessably."""
+        if self.env == "production" and self.fault_poison_prefix:
+            msg = "RISKSTREAM_FAULT_POISON_PREFIX: fault injection is refused in production"
+            raise ValueError(msg)
+        if self.env == "production":
+            key = self.hash_key.get_secret_value()
+            if key == DEV_HASH_KEY or len(key) < MIN_PRODUCTION_KEY_CHARS:
+                msg = (
+                    "RISKSTREAM_HASH_KEY: set a random secret of at least "
+                    f"{MIN_PRODUCTION_KEY_CHARS} characters when RISKSTREAM_ENV=production "
+                    "(the development default is refused)"
+                )
+                raise ValueError(msg)
+        return self
 
     def topics(self) -> list[str]:
         """Every topic riskstream reads or writes (created at start when missing)."""

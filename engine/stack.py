@@ -87,9 +87,12 @@ class EmbeddedStack:
     log_dir: Path | None = None
     #: False starts Valkey only (replay, training and backtests need no broker).
     with_kafka: bool = True
+    #: True: Valkey writes an append-only file (fsync every write) and reloads it on restart.
+    redis_persistence: bool = False
     redis_url: str = ""
     kafka_bootstrap: str = ""
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _named: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self) -> EmbeddedStack:
         log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="riskstream-stack-"))
@@ -121,12 +124,15 @@ class EmbeddedStack:
 
     def _start_redis(self, log_dir: Path) -> None:
         port = self.redis_port or free_port()
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.redis_persistence else [
+            "--appendonly", "no"]  # fmt: skip
         args = [
             redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(log_dir),
+            "--save", "", *aof, "--dir", str(log_dir),
             "--protected-mode", "no", "--daemonize", "no",
         ]  # fmt: skip
         proc = self._spawn(args, log_dir / "redis.log")
+        self._named["redis"] = proc
         wait_for_port(port, 15, proc)
         self.redis_port = port
         self.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -140,9 +146,33 @@ class EmbeddedStack:
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "STORAGE_ENGINE")}
         proc = self._spawn(args, log_dir / "kafka.log", env)
+        self._named["kafka"] = proc
         wait_for_port(port, 30, proc)
         self.kafka_port = port
         self.kafka_bootstrap = f"127.0.0.1:{port}"
+
+    # -- fault injection (the fault suite): one server down, then back on the same port ---------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop ``redis`` or ``kafka`` with ``sig`` (SIGKILL: a crash) and wait for it to exit."""
+        proc = self._named.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(30)
+        self._procs.remove(proc)
+
+    def restart(self, name: str, timeout: float = 60) -> None:
+        """Start ``redis`` or ``kafka`` again on its port (waits while the port is still held)."""
+        assert self.log_dir is not None  # noqa: S101 - started before
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                (self._start_redis if name == "redis" else self._start_kafka)(self.log_dir)
+                return
+            except StackError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def env(self) -> dict[str, str]:
         """The settings that point riskstream at this stack."""

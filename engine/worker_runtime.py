@@ -49,13 +49,15 @@ class Runtime:
         with self.lock:
             return fn(*args)
 
-    def _failed(self, exc: Exception, n: int, topic: str, attempt: int) -> str | None:
+    def _failed(
+        self, exc: Exception, n: int, topic: str, attempt: int, max_attempts: int
+    ) -> str | None:
         """Log a failed attempt; the dead-letter detail once retries are exhausted, else None."""
         if isinstance(exc, TRANSIENT):
             log.warning("batch of %d from %s: %s; retrying", n, topic, exc)
             return None
         log.exception("batch of %d from %s failed (attempt %d)", n, topic, attempt)
-        if attempt >= self.max_attempts:
+        if attempt >= max_attempts:
             return f"{type(exc).__name__}: {exc}"[:500]
         return None
 
@@ -69,10 +71,19 @@ class Runtime:
         """Process a batch until it succeeds; only then may Faust ack it.
 
         Transient errors (Redis or Kafka unreachable) are retried forever with backoff. Any
-        other error is retried ``max_attempts`` times, then the batch goes to the dead-letter
-        topic with reason ``processing_error``: it is kept, not skipped.
+        other error is retried ``max_attempts`` times, then the batch is split in halves, each
+        processed (and split again) on its own, so that only the message that fails alone goes
+        to the dead-letter topic with reason ``processing_error``; its batch-mates are decided.
         """
-        msgs = [to_raw(e) for e in events]
+        await self._run_msgs(fn, [to_raw(e) for e in events], topic, self.max_attempts)
+
+    async def _run_msgs(
+        self,
+        fn: Callable[[Sequence[RawMessage]], BatchReport],
+        msgs: list[RawMessage],
+        topic: str,
+        max_attempts: int,
+    ) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -80,8 +91,13 @@ class Runtime:
                 await asyncio.to_thread(self.locked, fn, msgs)
                 return
             except Exception as exc:
-                detail = self._failed(exc, len(msgs), topic, attempt)
+                detail = self._failed(exc, len(msgs), topic, attempt, max_attempts)
                 if detail is not None:
+                    if len(msgs) > 1:  # isolate the poison: halves, in order, 2 attempts each
+                        mid = len(msgs) // 2
+                        await self._run_msgs(fn, msgs[:mid], topic, 2)
+                        await self._run_msgs(fn, msgs[mid:], topic, 2)
+                        return
                     await self._dead_letter(msgs, detail)
                     return
             metrics.BATCH_RETRIES.labels(topic).inc()
@@ -93,12 +109,15 @@ class Runtime:
         msgs: Sequence[RawMessage],
         topic: str,
         stopping: threading.Event | None = None,
+        max_attempts: int | None = None,
     ) -> None:
-        """:meth:`run_batch` for a consumer thread (same retries, same dead letters).
+        """:meth:`run_batch` for a consumer thread (same retries, same poison isolation, same
+        dead letters).
 
         Raises :class:`BatchAbandonedError` when ``stopping`` is set while retrying: the worker
         is going down, the batch is not committed and will be redelivered.
         """
+        most = self.max_attempts if max_attempts is None else max_attempts
         attempt = 0
         while True:
             attempt += 1
@@ -106,8 +125,13 @@ class Runtime:
                 self.locked(fn, msgs)
                 return
             except Exception as exc:
-                detail = self._failed(exc, len(msgs), topic, attempt)
+                detail = self._failed(exc, len(msgs), topic, attempt, most)
                 if detail is not None:
+                    if len(msgs) > 1:  # isolate the poison: halves, in order, 2 attempts each
+                        mid = len(msgs) // 2
+                        self.process_sync(fn, msgs[:mid], topic, stopping, 2)
+                        self.process_sync(fn, msgs[mid:], topic, stopping, 2)
+                        return
                     self._dead_letter_sync(msgs, detail, stopping)
                     return
             metrics.BATCH_RETRIES.labels(topic).inc()

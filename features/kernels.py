@@ -254,7 +254,9 @@ def compute_kind(
                 elif g == 5:
                     v = mx if c > 0.0 else np.nan
                 else:  # ratio
-                    v = amount[i] / (s / c) if c > 0.0 and s != 0.0 else np.nan
+                    mean = s / c if c > 0.0 else 0.0
+                    # a denormal sum over several events underflows to a zero mean (fuzz run)
+                    v = amount[i] / mean if mean != 0.0 else np.nan
                 out[i, outcol[f]] = v
         p = q
 

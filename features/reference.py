@@ -29,7 +29,7 @@ import pandas as pd
 from numba import njit
 
 from features._types import BoolArray, FloatArray, IntArray
-from features.spec import DEFAULT_SPEC, FeatureSpec, validate_spec
+from features.spec import AMOUNT_FIELD, DEFAULT_SPEC, FeatureSpec, validate_spec
 
 
 def first_deliveries(event_ids: Sequence[Any]) -> BoolArray:
@@ -52,8 +52,11 @@ def _passes(f: FeatureSpec, cols: Mapping[str, Sequence[Any]], n: int) -> BoolAr
     ok = np.ones(n, dtype=bool)
     if f.filter is not None:
         col = cols.get(f.filter.field)
-        allowed = f.filter.values
-        ok &= np.array([False] * n if col is None else [str(v) in allowed for v in col], bool)
+        if f.filter.field == AMOUNT_FIELD:  # compared as numbers
+            ok &= f.filter.mask(col, n)
+        else:
+            allowed = f.filter.values
+            ok &= np.array([False] * n if col is None else [str(v) in allowed for v in col], bool)
     if f.agg == "distinct":
         col = cols.get(f.field)
         ok &= np.array([False] * n if col is None else [bool(v) for v in col], bool)
@@ -164,7 +167,7 @@ def _windows(
                 out[i] = mn if cnt > 0 else np.nan
             elif agg == 5:
                 out[i] = mx if cnt > 0 else np.nan
-            elif cnt > 0 and sm != 0.0:  # ratio
+            elif cnt > 0 and sm / cnt != 0.0:  # ratio (a denormal mean may underflow to 0)
                 out[i] = q_amt[i] / (sm / cnt)
     return out
 
@@ -281,7 +284,7 @@ def _one_scan(
             v = float(len({s_val[j] for j in w.tolist()}))
         elif f.agg == "ratio":
             s = float(a.sum())
-            v = q_amt[i] / (s / c) if c and s != 0 else np.nan
+            v = q_amt[i] / (s / c) if c and s / c != 0 else np.nan
         elif f.agg == "time_since_last":
             prev = [s_ts[j] for j in w.tolist() if (not same or j != i) and s_ts[j] <= q_ts[i]]
             v = (q_ts[i] - max(prev)) / 1000.0 if prev else np.nan
@@ -325,6 +328,7 @@ def reference_features(
                 label_ts[i] = float(lt)
                 fraud[i] = True
     acc = account_events or {}
+    tx_cols = {**entities, AMOUNT_FIELD: amt.tolist()}  # amount filters compare numbers
     for col, f in enumerate(features):
         q_ent = _entity(f.entity, entities, n)
         if f.source == "events":
@@ -348,7 +352,7 @@ def reference_features(
                 same=False,
             )
             continue
-        ok = new & _passes(f, entities, n)
+        ok = new & _passes(f, tx_cols, n)
         vals = list(entities.get(f.field, [None] * n))
         if f.agg in ("fraud_count", "fraud_rate"):
             g = FeatureSpec.of(

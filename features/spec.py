@@ -26,7 +26,9 @@ A feature is one :class:`FeatureSpec` (or one YAML entry, see :func:`load_spec`)
     shifts the window into the past (handbook "delay period"): the window ends at ``t - delay``.
 ``filter``
     ``Filter(field, equals=...)`` or ``Filter(field, in_=(...))``: only events whose field matches
-    feed the aggregate (the feature is still computed for every event).
+    feed the aggregate (the feature is still computed for every event). The field ``amount`` is
+    compared as a number (``Filter("amount", equals="0")``: zero-amount authorisations, the
+    account verifications and card-testing probes of payment traffic).
 ``source``
     ``transactions`` (default) or ``events`` (account events: ``type`` is a field, e.g.
     ``filter: {field: type, equals: password_change}``); event-sourced features are read by every
@@ -47,7 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from features._types import BoolArray
 
 AGGREGATIONS = (
     "count",
@@ -68,6 +73,9 @@ MIN_WINDOW_SECONDS = 60
 MAX_WINDOW_SECONDS = 90 * 86400
 #: Upper bound on window / resolution (records kept per entity stay bounded).
 MAX_BUCKETS = 4320
+
+#: The one numeric field a filter may name; its values are compared as numbers.
+AMOUNT_FIELD = "amount"
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -128,6 +136,15 @@ class Filter:
         if self.in_ is not None and not self.in_:
             msg = "filter 'in' must not be empty"
             raise ValueError(msg)
+        if self.field == AMOUNT_FIELD:
+            for v in self.values:
+                try:
+                    ok = math.isfinite(float(v))
+                except (TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    msg = f"filter on amount: {v!r} is not a finite number"
+                    raise ValueError(msg)
 
     @property
     def values(self) -> frozenset[str]:
@@ -135,6 +152,19 @@ class Filter:
 
     def key(self) -> str:
         return f"{self.field}={','.join(sorted(self.values))}"
+
+    def mask(self, col: Sequence[Any] | None, n: int) -> BoolArray:
+        """Which of ``n`` events pass (``col``: the field's values; missing field: none).
+
+        >>> Filter("amount", equals="0").mask([0.0, 12.5], 2).tolist()
+        [True, False]
+        """
+        if col is None:
+            return np.zeros(n, dtype=bool)
+        if self.field == AMOUNT_FIELD:
+            wanted = np.array([float(v) for v in self.values], dtype=np.float64)
+            return np.isin(np.asarray(col, dtype=np.float64), wanted)
+        return np.fromiter(map(self.values.__contains__, map(str, col)), dtype=bool, count=n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,11 +284,11 @@ class FeatureSpec:
         return self.window_seconds + self.label_delay_seconds + self.resolution_seconds
 
     def event_fields(self) -> set[str]:
-        """Every event field this feature reads."""
+        """Every text field this feature reads (``amount`` always comes as its own array)."""
         out = set(self.entity_fields)
         if self.agg == "distinct":
             out.add(self.field)
-        if self.filter is not None:
+        if self.filter is not None and self.filter.field != AMOUNT_FIELD:
             out.add(self.filter.field)
         return out
 
@@ -291,7 +321,9 @@ def feature_names(spec: Iterable[FeatureSpec]) -> list[str]:
 
 H, D = 3600, 86400
 _ECOM = Filter("channel", equals="ecom")
-#: The default spec (31 features). Resolutions are part of the contract (see the module doc).
+_ZERO_AMOUNT = Filter(AMOUNT_FIELD, equals="0")
+#: The default spec (31 features: 28 over transactions, 3 over account events). Resolutions
+#: are part of the contract (see the module doc).
 DEFAULT_SPEC: Spec = validate_spec(
     [
         # existing names (rules reference them)
@@ -322,6 +354,10 @@ DEFAULT_SPEC: Spec = validate_spec(
         FeatureSpec.of("card_id", "time_since_last", 30 * D, D, name="card_id_time_since_last"),
         FeatureSpec.of("card_id", "distinct", D, 600, field="merchant_id"),
         FeatureSpec.of("card_id", "count", D, 600, "card_id_ecom_count_24h", filter=_ECOM),
+        # card testing: zero-amount authorisations (account verifications) per card
+        FeatureSpec.of(
+            "card_id", "count", H, 60, "card_id_zero_amount_count_1h", filter=_ZERO_AMOUNT
+        ),
         FeatureSpec.of("card_id+merchant_id", "count", 30 * D, D),
         FeatureSpec.of("device_id", "count", D, 600),
         FeatureSpec.of("ip", "count", H, 60),

@@ -95,7 +95,15 @@ from features._types import BoolArray, FloatArray, IntArray
 from features.cache import KindCache, Slots
 from features.hashing import HashArray, combine, hash64, low52
 from features.kernels import AGG_CODES
-from features.spec import DEFAULT_SPEC, LABEL_AGGS, FeatureSpec, Filter, gcd_all, validate_spec
+from features.spec import (
+    AMOUNT_FIELD,
+    DEFAULT_SPEC,
+    LABEL_AGGS,
+    FeatureSpec,
+    Filter,
+    gcd_all,
+    validate_spec,
+)
 
 DAY_MS = 86_400_000
 DEFAULT_SEEN_TTL_SECONDS = 7 * 86400
@@ -379,10 +387,7 @@ def entity_hashes(
 def filter_mask(flt: Filter | None, columns: Mapping[str, Sequence[Any]], n: int) -> BoolArray:
     if flt is None:
         return np.ones(n, dtype=bool)
-    col = columns.get(flt.field)
-    if col is None:
-        return np.zeros(n, dtype=bool)
-    return np.fromiter(map(flt.values.__contains__, map(str, col)), dtype=bool, count=n)
+    return flt.mask(columns.get(flt.field), n)
 
 
 class RedisFeatureStore:
@@ -748,6 +753,8 @@ class RedisFeatureStore:
         columns: dict[str, Sequence[Any]] = dict(entities)
         if fields:
             columns.update(fields)
+        if source == "transactions":
+            columns[AMOUNT_FIELD] = amt  # type: ignore[assignment]  # an array: numeric filters
         is_tx = source == "transactions"
         kinds = [
             k

@@ -43,6 +43,7 @@ from replay.metrics import (
     revealed_frauds,
     to_day,
 )
+from replay.quarantine import load_transactions
 from replay.report import render_html
 from replay.sources import read_transactions
 
@@ -73,7 +74,11 @@ def _labels(df: pd.DataFrame, labels_path: Path | None, delay_ms: int) -> pd.Dat
 
 
 def feature_log(
-    service: ScoringService, df: pd.DataFrame, labels: pd.DataFrame, batch_size: int = 1000
+    service: ScoringService,
+    df: pd.DataFrame,
+    labels: pd.DataFrame,
+    batch_size: int = 1000,
+    quarantined: int = 0,
 ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], list[str], float]:
     """Pass 1: the feature row of every transaction, labels applied as they became known.
 
@@ -93,8 +98,9 @@ def feature_log(
     next_label = 0
     t0 = time.perf_counter()
     waiting: PendingFeatures | None = None
+    title = f"features ({quarantined:,} rows quarantined)" if quarantined else "features"
     with Progress(
-        TextColumn("[bold]features"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+        TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("features", total=len(df), rate="")
@@ -130,14 +136,17 @@ def run_backtest(
     model_version: str | None = None,
     valid_days: int = 0,
     seed: int = 0,
+    strict: bool = False,
 ) -> dict[str, Any]:
     t_all = time.perf_counter()
-    df = read_transactions(transactions)
+    df, quarantine = load_transactions(transactions, strict=strict)
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine.write(out)
     df = df[df["ts"] < period.test_end].sort_values("ts", kind="stable").reset_index(drop=True)
     redis.Redis.from_url(settings.redis_url).flushdb()  # a backtest starts from empty state
     service = build_service(settings, sink=NullSink(), use_registry=False, live=False)
     labels = _labels(df, labels_path, label_delay_ms)
-    x, names, t_features = feature_log(service, df, labels, settings.batch_size)
+    x, names, t_features = feature_log(service, df, labels, settings.batch_size, quarantine.count)
     ts = df["ts"].to_numpy()
     y = df["is_fraud"].to_numpy().astype(bool)
 
@@ -192,6 +201,8 @@ def run_backtest(
         "model": scorer.version,
         "rule_set": service.pipeline.rules.version,
         "n_transactions_replayed": len(df),
+        "n_quarantined": quarantine.count,
+        "quarantined": quarantine.by_reason(),
         "events_per_second": (len(df) + len(test)) / (t_features + t_decide),
         "feature_events_per_second": len(df) / t_features,
         "seconds": time.perf_counter() - t_all,

@@ -15,18 +15,8 @@ import orjson
 import pandas as pd
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from engine.cardnumbers import contains_pan
 from engine.protocols import FloatArray, IntArray
-from engine.schemas import (
-    CARD_NUMBER,
-    INVALID_AMOUNT,
-    INVALID_TIMESTAMP,
-    MAX_TS_MS,
-    MIN_TS_MS,
-    MISSING_FIELD,
-    TRANSACTION,
-    RawMessage,
-)
+from engine.schemas import RawMessage
 from engine.service import ScoringService
 
 #: Columns a payment system would send; labels (is_fraud, fraud_pattern) never reach the engine.
@@ -44,38 +34,14 @@ def records_of(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def check_frame(df: pd.DataFrame) -> None:
-    """The checks :func:`engine.schemas.decode_batch` makes of a transaction, over whole columns
-    (a replay of millions of rows cannot afford them row by row): ValueError naming the first
-    bad row and the dead-letter reason."""
-    for name in TRANSACTION.required_str:
-        if name not in df.columns:
-            msg = f"{MISSING_FIELD}: the file has no column {name!r}"
-            raise ValueError(msg)
-        col = df[name]
-        bad = col.isna().to_numpy() | (col.astype(str) == "").to_numpy()
-        _raise_first(bad, MISSING_FIELD, f"{name}: required, non-empty")
-    for name in ("ts", "amount"):
-        if name not in df.columns:
-            msg = f"{MISSING_FIELD}: the file has no column {name!r}"
-            raise ValueError(msg)
-    ts = df["ts"].to_numpy()
-    _raise_first(~((ts >= MIN_TS_MS) & (ts < MAX_TS_MS)), INVALID_TIMESTAMP, "ts: out of range")
-    amount = df["amount"].to_numpy(np.float64)
-    _raise_first(~(np.isfinite(amount) & (amount > 0)), INVALID_AMOUNT, "amount: must be > 0")
-    for name in (*TRANSACTION.required_str, *TRANSACTION.optional_str):
-        if name not in df.columns:
-            continue
-        values = pd.unique(df[name].dropna())  # few distinct cards/merchants: cheap
-        pans = [v for v in values.tolist() if isinstance(v, str) and contains_pan(v)]
-        if pans:
-            bad = df[name].isin(pans[:1]).to_numpy()
-            _raise_first(bad, CARD_NUMBER, f"{name}: looks like a card number (redacted)")
+    """ValueError naming the first row :func:`replay.quarantine.split_frame` rejects (reason,
+    row, never the value): for callers that were handed a frame that must be clean."""
+    from replay.quarantine import split_frame
 
-
-def _raise_first(bad: np.ndarray[Any, Any], reason: str, detail: str) -> None:
-    if bad.any():
-        row = int(np.argmax(bad))
-        msg = f"{reason}: row {row} of the file: {detail}"  # not the value: it may be a card number
+    _, rejected = split_frame(df, duplicates=False)
+    if len(rejected):
+        top = rejected.iloc[0]
+        msg = f"{top['reason']}: row {int(top['row'])} of the file: {top['detail']}"
         raise ValueError(msg)
 
 

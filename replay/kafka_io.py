@@ -7,6 +7,7 @@ worker's group offsets are left alone.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,3 +99,17 @@ def read_topic(
         return values
     finally:
         consumer.close()
+
+
+def fresh_topic_env(bootstrap: str, prefix: str, partitions: int = 1) -> dict[str, str]:
+    """``RISKSTREAM_TOPIC_*`` settings naming new topics (created here) and a new consumer
+    group: one run's traffic never meets another's on a shared broker."""
+    from engine.sinks import ensure_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    kinds = ("TRANSACTIONS", "EVENTS", "LABELS", "SCORES", "REVIEW", "DEAD_LETTER")
+    env = {f"RISKSTREAM_TOPIC_{k}": f"{prefix}-{k.lower()}-{suffix}" for k in kinds}
+    ensure_topics(bootstrap, list(env.values()), partitions)
+    env["RISKSTREAM_APP_ID"] = f"{prefix}-{suffix}"
+    env["RISKSTREAM_TOPIC_PARTITIONS"] = str(partitions)
+    return env

@@ -62,6 +62,7 @@ from replay.merge import (
     Record,
     count_rows,
 )
+from replay.quarantine import REJECTED_FILE, Quarantine, first_bad
 
 if TYPE_CHECKING:
     from engine.service import ScoringService
@@ -97,6 +98,8 @@ class ReplayOptions:
     part_rows: int = 100_000
     checkpoint_seconds: float = 30.0
     progress: bool = True
+    #: stop at the first bad transaction row (after its batch) instead of quarantining it
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.to not in TARGETS:
@@ -247,12 +250,17 @@ def _default(value: Any) -> Any:
     raise TypeError(msg)
 
 
-def encode_records(records: list[Record], topic: str) -> list[RawMessage]:
-    """Records as the raw messages a worker would receive (bytes records pass as they are)."""
+def encode_records(records: list[Record], topic: str, first_row: int = -1) -> list[RawMessage]:
+    """Records as the raw messages a worker would receive (bytes records pass as they are);
+    ``first_row`` >= 0: each message's offset is its row in the file (dead letters name it)."""
     dumps, opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     return [
-        RawMessage(r if isinstance(r, bytes) else dumps(r, option=opt, default=_default), topic)
-        for r in records
+        RawMessage(
+            r if isinstance(r, bytes) else dumps(r, option=opt, default=_default),
+            topic,
+            offset=first_row + i if first_row >= 0 else -1,
+        )  # fmt: skip
+        for i, r in enumerate(records)
     ]
 
 
@@ -366,10 +374,11 @@ def _progress_bar(enabled: bool, total: int, label: str) -> Iterator[tuple[Progr
         TextColumn(f"[bold]{label}"), BarColumn(), TaskProgressColumn(),
         TextColumn("{task.completed:,}/{task.total:,}"),
         TextColumn("[cyan]{task.fields[rate]}"), TextColumn("event time {task.fields[at]}"),
+        TextColumn("[yellow]{task.fields[bad]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=Console(stderr=True), disable=not enabled, transient=False,
     ) as bar:  # fmt: skip
-        task = bar.add_task(label, total=max(1, total), rate="", at="-")
+        task = bar.add_task(label, total=max(1, total), rate="", at="-", bad="")
         yield bar, task
 
 
@@ -488,6 +497,9 @@ def replay_inprocess(
         )
     log = DecisionLog(opts.out, run.first_part) if opts.out is not None else None
     dead_file = (opts.out / "dead_letters.jsonl").open("ab") if opts.out is not None else None
+    quarantine = Quarantine()
+    # rows are numbered from the merge position, exact unless --from/--until skipped some
+    numbered = opts.start_ms is None and opts.until_ms is None
     handlers = {
         TRANSACTION: (service.process_transactions, settings.topic_transactions),
         EVENT: (service.process_events, settings.topic_events),
@@ -506,7 +518,10 @@ def replay_inprocess(
             for batch in run.merger.batches():
                 pacer.wait(int(batch.ts[0]))
                 process, topic = handlers[batch.kind]
-                report = process(encode_records(batch.records, topic))
+                first_row = -1
+                if batch.kind == TRANSACTION and numbered:
+                    first_row = batch.position.transactions - len(batch.records)
+                report = process(encode_records(batch.records, topic, first_row))
                 result.sent[batch.kind] += len(batch.records)
                 result.valid[batch.kind] += report.valid
                 result.dead[batch.kind] += report.dead
@@ -518,6 +533,11 @@ def replay_inprocess(
                 dead = sink.take_dead_letters()
                 if dead_file is not None and dead:
                     dead_file.write(b"".join(d + b"\n" for d in dead))
+                bad_rows = _rejected_rows(dead, topic) if batch.kind == TRANSACTION else None
+                if bad_rows is not None and len(bad_rows):
+                    quarantine.add(bad_rows)
+                    if opts.strict:
+                        raise first_bad(bad_rows, str(opts.transactions))
                 for reason, n in sink.dead_reasons.items():
                     result.dead_reasons[reason] = result.dead_reasons.get(reason, 0) + n
                 sink.dead_reasons.clear()
@@ -530,7 +550,7 @@ def replay_inprocess(
                         dead_file.flush()
                     run.save(position, log.next_part if log else 0)
                     last_saved = time.monotonic()
-                _advance(bar, task, run, position, int(batch.ts[-1]))
+                _advance(bar, task, run, position, int(batch.ts[-1]), sum(run.result.dead.values()))
             bar.update(task, completed=max(_consumed(position), 1), total=max(
                 _consumed(position), 1))  # fmt: skip
     except KeyboardInterrupt:
@@ -542,6 +562,10 @@ def replay_inprocess(
     finally:
         if dead_file is not None:
             dead_file.close()
+        if opts.out is not None:
+            if opts.resume and (opts.out / REJECTED_FILE).exists():
+                quarantine.parts.insert(0, pd.read_parquet(opts.out / REJECTED_FILE))
+            quarantine.write(opts.out)
     run.finish_stats()
     if log is not None:
         result.decisions_path = str(log.finish())
@@ -550,17 +574,31 @@ def replay_inprocess(
     return result
 
 
+def _rejected_rows(dead: list[bytes], topic: str) -> pd.DataFrame:
+    """The ``row``/``reason``/``detail`` of a transaction batch's dead letters (no raw value)."""
+    rows = [orjson.loads(d) for d in dead]
+    rows = [r for r in rows if r.get("topic") == topic]
+    return pd.DataFrame({
+        "row": np.array([r.get("offset", -1) for r in rows], dtype=np.int64),
+        "reason": [str(r.get("reason", "")) for r in rows],
+        "detail": [str(r.get("detail", "")) for r in rows],
+    })  # fmt: skip
+
+
 def _consumed(p: MergePosition) -> int:
     return p.transactions + p.events + p.labels
 
 
-def _advance(bar: Progress, task: Any, run: _Run, position: MergePosition, ts: int) -> None:
+def _advance(
+    bar: Progress, task: Any, run: _Run, position: MergePosition, ts: int, bad: int = 0
+) -> None:
     elapsed = run.seconds_before + time.perf_counter() - run.t0
     bar.update(
         task,
         completed=_consumed(position),
         rate=f"{run.result.total_sent / max(elapsed, 1e-9):,.0f} ev/s",
         at=_fmt_ts(ts),
+        bad=f"{bad:,} quarantined" if bad else "",
     )
 
 

@@ -116,9 +116,11 @@ class BacktestReport:
     against: SetStats | None = None
     diff: dict[str, Any] = field(default_factory=dict)
     dead_letters: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "quarantined": self.quarantined,
             "transactions": self.transactions,
             "days": round(self.days, 3),
             "frauds": self.frauds,
@@ -313,8 +315,11 @@ def run_backtest(
     redis_url: str | None = None,
     batch_size: int = 1000,
     progress: bool = True,
+    strict: bool = False,
+    out: Path | None = None,
 ) -> BacktestReport:
-    """Replay ``transactions`` through the pipeline with ``rules_dir`` (and ``against_dir``)."""
+    """Replay ``transactions`` through the pipeline with ``rules_dir`` (and ``against_dir``);
+    bad rows go to ``out/rejected.parquet`` (``strict``: stop at the first)."""
     from engine.pipeline import Pipeline
     from engine.policy import Policy
     from engine.service import ScoringService
@@ -323,10 +328,13 @@ def run_backtest(
     from features.spec import DEFAULT_SPEC
     from features.store import RedisFeatureStore
     from replay.inprocess import run_inprocess
-    from replay.sources import read_transactions
+    from replay.quarantine import load_transactions
     from rules.loader import load_rule_set
 
-    df = read_transactions(transactions).sort_values("ts", kind="stable").reset_index(drop=True)
+    df, quarantine = load_transactions(transactions, strict=strict)
+    if out is not None:
+        quarantine.write(out)
+    df = df.sort_values("ts", kind="stable").reset_index(drop=True)
     label_df = read_labels(labels) if labels is not None else None
     fraud, mature_of, source = _labels(df, label_df, label_delay_ms)
     names = [f.name for f in DEFAULT_SPEC]
@@ -345,7 +353,8 @@ def run_backtest(
         pipeline = Pipeline(store, recorder, Policy(settings.review_threshold,
                                                     settings.block_threshold))  # fmt: skip
         service = ScoringService(settings, pipeline, client, NullSink(), live=False)
-        run = run_inprocess(service, df, batch_size, label="backtest", progress=progress)
+        label = "backtest" + (f" ({quarantine.count:,} quarantined)" if quarantine.count else "")
+        run = run_inprocess(service, df, batch_size, label=label, progress=progress)
     ids = recorder.event_ids
     y = np.array([fraud.get(i, False) for i in ids], dtype=bool)
     mature = np.array([mature_of.get(i, True) for i in ids], dtype=bool)
@@ -360,6 +369,7 @@ def run_backtest(
         label_source=source,
         result=a,
         dead_letters=run.dead,
+        quarantined=quarantine.by_reason(),
     )
     if other is not None and against_dir is not None:
         b = _set_stats(other, str(against_dir), recorder.hits[1], y, mature, days)

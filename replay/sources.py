@@ -62,6 +62,25 @@ def _to_str(s: pd.Series) -> pd.Series:
     return s.astype(_STR)
 
 
+#: ``ts`` of a row whose time cannot be read, in a lenient read (out of range: quarantined).
+UNREADABLE_TS = -1
+
+
+def _lenient_epoch_ms(s: pd.Series) -> pd.Series:
+    """Like :func:`_to_epoch_ms`, value by value: what cannot be read becomes ``UNREADABLE_TS``."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return _to_epoch_ms(s.fillna(pd.Timestamp(0)))
+    num = pd.to_numeric(s, errors="coerce") if not pd.api.types.is_bool_dtype(s) else s * np.nan
+    out = num.where(np.isfinite(num.astype(np.float64)) & (num.abs() < 2**62), np.nan)
+    rest = out.isna() & s.notna()
+    if rest.any():
+        dt = pd.to_datetime(s[rest].astype(str), utc=True, format="ISO8601", errors="coerce")
+        ms = (dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+        out = out.astype(np.float64)
+        out[rest] = ms.astype(np.float64)
+    return out.fillna(UNREADABLE_TS).astype(np.int64)
+
+
 def _to_epoch_ms(s: pd.Series) -> pd.Series:
     if pd.api.types.is_bool_dtype(s):
         msg = "ts: booleans are not timestamps"
@@ -94,15 +113,20 @@ def _to_bool(s: pd.Series) -> pd.Series:
     return s.astype(bool) if not s.isna().any() else s.astype("boolean")
 
 
-def normalise(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with the canonical dtypes of the known columns (in place, also returned)."""
+def normalise(df: pd.DataFrame, lenient: bool = False) -> pd.DataFrame:
+    """``df`` with the canonical dtypes of the known columns (in place, also returned).
+
+    ``lenient``: a ``ts`` or ``amount`` that cannot be read does not raise; it becomes
+    ``UNREADABLE_TS`` / NaN, for :mod:`replay.quarantine` to reject that row alone.
+    """
     for name in STR_COLUMNS:
         if name in df.columns:
             df[name] = _to_str(df[name])
     if "ts" in df.columns:
-        df["ts"] = _to_epoch_ms(df["ts"])
+        df["ts"] = _lenient_epoch_ms(df["ts"]) if lenient else _to_epoch_ms(df["ts"])
     if "amount" in df.columns:
-        df["amount"] = pd.to_numeric(df["amount"]).astype(np.float64)
+        errors = "coerce" if lenient else "raise"
+        df["amount"] = pd.to_numeric(df["amount"], errors=errors).astype(np.float64)
     if "is_fraud" in df.columns:
         df["is_fraud"] = _to_bool(df["is_fraud"])
     return df
@@ -174,10 +198,24 @@ def _csv_header(path: Path) -> list[str]:
     return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
-def _json_frame(lines: list[bytes]) -> pd.DataFrame:
+def _json_frame(lines: list[bytes], lenient: bool = False) -> pd.DataFrame:
     rows = [line for line in lines if line.strip()]
-    records = orjson.loads(b"[" + b",".join(rows) + b"]") if rows else []
-    return normalise(pd.DataFrame.from_records(records) if records else pd.DataFrame())
+    if lenient:  # a line that is not a JSON object becomes a row without fields (rejected)
+        records = [_json_object(line) for line in rows]
+    else:
+        records = orjson.loads(b"[" + b",".join(rows) + b"]") if rows else []
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    if lenient and len(frame) < len(records):  # only empty objects: keep one row each
+        frame = pd.DataFrame(index=range(len(records)))
+    return normalise(frame, lenient)
+
+
+def _json_object(line: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def open_in(path: Path) -> IO[bytes]:
@@ -187,16 +225,17 @@ def open_in(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def read_transactions(path: PathLike) -> pd.DataFrame:
-    """The whole file as a frame with canonical dtypes (see :func:`normalise`)."""
+def read_transactions(path: PathLike, lenient: bool = False) -> pd.DataFrame:
+    """The whole file as a frame with canonical dtypes (see :func:`normalise`; ``lenient``:
+    unreadable values and JSON lines are kept as rows for :mod:`replay.quarantine`)."""
     p = Path(path)
     fmt = file_format(p)
     if fmt == "parquet":
-        return normalise(pq.read_table(p).to_pandas())
+        return normalise(pq.read_table(p).to_pandas(), lenient)
     if fmt == "csv":
-        return normalise(pd.read_csv(p, **_csv_options(_csv_header(p))))
+        return normalise(pd.read_csv(p, **_csv_options(_csv_header(p))), lenient)
     with open_in(p) as f:
-        return _json_frame(f.read().splitlines())
+        return _json_frame(f.read().splitlines(), lenient)
 
 
 def raw_chunks(path: PathLike, batch_size: int) -> Iterator[pd.DataFrame | list[bytes]]:

@@ -70,6 +70,7 @@ from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay import merge
 from replay.inprocess import encode, records_of
+from replay.quarantine import Quarantine, load_transactions
 from replay.sources import read_transactions
 
 FloatArray = npt.NDArray[np.float64]
@@ -115,6 +116,8 @@ class TrainingConfig:
     num_boost_round: int = 1000
     promote: bool = False
     progress: bool = True
+    strict: bool = False  # stop at the first bad row instead of quarantining it
+    out: Path | None = None  # where rejected.parquet goes (default: DATA_DIR/train)
 
 
 @dataclass
@@ -182,19 +185,21 @@ def _sha256(path: Path) -> str:
 
 
 def load_inputs(cfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Transactions (sorted by ts, with a ``target`` column) and labels (sorted by arrival)."""
-    tx = read_transactions(cfg.transactions)
+    """Transactions (sorted by ts, with a ``target`` column) and labels (sorted by arrival);
+    bad transaction rows are quarantined (``fingerprint["quarantine"]``)."""
+    tx, quarantine = load_transactions(cfg.transactions, strict=cfg.strict)
     missing = [c for c in ("event_id", "ts", "card_id", "merchant_id", "amount") if c not in tx]
     if missing:
         msg = f"{cfg.transactions}: missing column(s) {', '.join(missing)}"
         raise TrainingError(msg)
-    tx = tx.sort_values("ts", kind="stable").drop_duplicates("event_id").reset_index(drop=True)
+    tx = tx.sort_values("ts", kind="stable").reset_index(drop=True)
     fingerprint: dict[str, Any] = {
         "transactions": {
             "file": cfg.transactions.name,
             "sha256": _sha256(cfg.transactions),
-            "rows": len(tx),
-        }
+            "rows": len(tx) + quarantine.count,
+        },
+        "quarantine": quarantine,
     }
     if cfg.labels is not None:
         labels = read_transactions(cfg.labels)
@@ -243,6 +248,7 @@ def replay_history(
     label_lag_ms: int = DEFAULT_LABEL_LAG_MS,
     anomaly: AnomalyModel | None = None,
     progress: bool = True,
+    title: str = "replay",
 ) -> ReplayResult:
     """Score ``tx`` (sorted by ts) in event-time order, applying ``labels`` when they arrive.
 
@@ -281,7 +287,7 @@ def replay_history(
             j += len(chunk)
 
     with Progress(
-        TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+        TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
         TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[at]}"),
         TimeRemainingColumn(), disable=not progress, transient=True,
     ) as bar:  # fmt: skip
@@ -363,6 +369,11 @@ def train_from_history(
     """
     t_start = time.perf_counter()
     tx, labels, fingerprint = load_inputs(cfg)
+    quarantine: Quarantine = fingerprint.pop("quarantine")
+    rejected_path = quarantine.write(cfg.out or settings.data_dir / "train")
+    if quarantine.count:
+        log(f"{quarantine.summary()}: {rejected_path}")
+    fingerprint["transactions"]["quarantined"] = quarantine.by_reason()
     if tx.empty:
         msg = f"{cfg.transactions} has no transactions"
         raise TrainingError(msg)
@@ -388,8 +399,9 @@ def train_from_history(
             f"replaying {len(part):,} transactions ({iso(first)[:16]} .. {iso(last)[:16]}) "
             f"with {len(lab):,} labels through the pipeline"
         )
+        title = f"replay ({quarantine.count:,} quarantined)" if quarantine.count else "replay"
         rep = replay_history(service, part, lab, cfg.batch_size, cfg.label_lag_ms, anomaly,
-                             cfg.progress)  # fmt: skip
+                             cfg.progress, title)  # fmt: skip
         rule_set = service.pipeline.rules.version
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

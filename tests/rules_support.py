@@ -14,4 +14,5 @@ FEATURES = [
     "card_id_mean_24h",
     "merchant_id_count_24h",
     "customer_id_count_24h",
+    "card_id_zero_amount_count_1h",
 ]

@@ -80,7 +80,7 @@ def _world_file(path: Path, days: int, n_customers: int, n_merchants: int) -> tu
         base = {"ts": t, "card_id": f"card_bad{k}", "merchant_id": "m_bad", "amount": 9.5}
         kinds = [
             (b"{this is not json", "not_json"),
-            (orjson.dumps({**base, "event_id": f"bad{k}", "amount": -4.0}), "invalid_amount"),
+            (orjson.dumps({**base, "event_id": f"bad{k}", "amount": -4.0}), "refund_not_supported"),
             (
                 orjson.dumps(
                     {k2: v for k2, v in {**base, "event_id": f"bad{k}"}.items() if k2 != "card_id"}

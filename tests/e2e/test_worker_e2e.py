@@ -24,7 +24,7 @@ MALFORMED = [
     ),
     (
         b'{"event_id":"x3","ts":1767225600000,"card_id":"c","merchant_id":"m","amount":-1}',
-        "invalid_amount",
+        "refund_not_supported",
     ),
     (
         b'{"event_id":"x4","ts":"soon","card_id":"c","merchant_id":"m","amount":1}',

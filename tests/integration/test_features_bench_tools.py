@@ -15,7 +15,7 @@ def test_bench_reports_both_modes_and_one_round_trip(redis_client: redis.Redis) 
     assert r["features_events_per_second"] > 0
     assert r["features_events_per_second_one_at_a_time"] > 0
     assert r["features_round_trips_per_batch"] == 1.0
-    assert r["features_count"] == 30.0
+    assert r["features_count"] == 31.0
     assert r["features_bytes_per_card"] > 0
 
 

@@ -78,6 +78,7 @@ def test_backtest_reports_per_rule_and_diff(
 FEATURES_ALL = [
     "card_id_count_1h", "card_id_sum_1h", "card_id_mean_1h", "card_id_count_24h",
     "card_id_sum_24h", "card_id_mean_24h", "merchant_id_count_24h", "customer_id_count_24h",
+    "card_id_zero_amount_count_1h",
 ]  # fmt: skip
 
 

@@ -27,9 +27,10 @@ def test_a_clean_frame_passes_and_missing_text_becomes_empty() -> None:
 @pytest.mark.parametrize(
     ("over", "reason"),
     [
-        ({"card_id": ""}, "missing_field: row 1"),
+        ({"card_id": ""}, "wrong_type: row 1"),
         ({"merchant_id": None}, "missing_field: row 1"),
-        ({"amount": 0.0}, "invalid_amount: row 1"),
+        ({"amount": -1.0}, "refund_not_supported: row 1"),
+        ({"amount": None}, "invalid_amount: row 1"),
         ({"amount": float("nan")}, "invalid_amount: row 1"),
         ({"ts": 12}, "invalid_timestamp: row 1"),
         ({"card_id": "4111111111111111"}, "card_number_detected: row 1"),

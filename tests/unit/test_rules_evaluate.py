@@ -49,6 +49,7 @@ CRAFTED: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
     "large_amount": ({"amount": 5000.01}, {}),
     "high_risk_country": ({"amount": 20.0, "country": "IR"}, {}),
     "merchant_burst_24h": ({"amount": 20.0}, {"card_id_count_24h": 31.0, "card_id_mean_24h": 4.0}),
+    "zero_amount_probing": ({"amount": 0.0}, {"card_id_zero_amount_count_1h": 3.0}),
 }
 
 
@@ -85,6 +86,8 @@ def reference(event: Mapping[str, Any], f: Mapping[str, float]) -> list[str]:
         out.append("velocity_sum_1h")
     if f["card_id_count_1h"] >= 8 and event["amount"] < 5:
         out.append("card_testing_burst")
+    if f["card_id_zero_amount_count_1h"] >= 3:
+        out.append("zero_amount_probing")
     if event["amount"] > 5000:
         out.append("large_amount")
     if event.get("country") in HIGH_RISK:
@@ -173,9 +176,11 @@ def test_missing_feature_column_counts_as_error() -> None:
     rs = load_rule_set(RULES_DIR, FEATURES)
     out = rs.evaluate_batch([{**BENIGN, "amount": 6000.0}], np.zeros((1, 1)), ["other"])
     assert ids(out[0]) == ["large_amount"]
-    # velocity_sum_1h and merchant_burst_24h error; card_testing_burst does not, because CEL's &&
-    # absorbs an error when the other side is false (6000 < 5).
-    assert rs.evaluation_errors_by_rule == {"velocity_sum_1h": 1, "merchant_burst_24h": 1}
+    # velocity_sum_1h, merchant_burst_24h and zero_amount_probing error; card_testing_burst does
+    # not, because CEL's && absorbs an error when the other side is false (6000 < 5).
+    assert rs.evaluation_errors_by_rule == {
+        "velocity_sum_1h": 1, "merchant_burst_24h": 1, "zero_amount_probing": 1,
+    }  # fmt: skip
 
 
 def test_shape_mismatch_is_a_caller_error(default: RuleSet) -> None:

@@ -64,8 +64,9 @@ def test_valid_transaction_keeps_unknown_fields_and_normalises_ts() -> None:
         ({**GOOD, "amount": "12"}, "wrong_type"),
         ({**GOOD, "amount": True}, "wrong_type"),
         ({**GOOD, "country": 7}, "wrong_type"),
-        ({**GOOD, "amount": 0}, "invalid_amount"),
-        ({**GOOD, "amount": -3.0}, "invalid_amount"),
+        ({**GOOD, "amount": -3.0}, "refund_not_supported"),
+        ({**GOOD, "amount": 3.0, "type": "Refund"}, "refund_not_supported"),
+        ({**GOOD, "amount": 3.0, "type": "reversal"}, "refund_not_supported"),
         (
             b'{"event_id":"e","ts":1767225600000,"card_id":"c","merchant_id":"m","amount":Infinity}',
             "not_json",
@@ -196,3 +197,42 @@ def test_redaction_helpers() -> None:
     assert contains_pan(f"a{PAN}b") is False or contains_pan(f"a {PAN} b")
     assert redact_pans(f"x={PAN}".encode()) == f"x={REDACTED}".encode()
     assert redact_pans(b"order 1234567890123") == b"order 1234567890123"
+
+
+@pytest.mark.parametrize("amount", [0, 0.0, -0.0])
+def test_zero_amount_authorisations_are_valid(amount: float) -> None:
+    out = decode_batch([msg({**GOOD, "amount": amount, "type": "verification"})], TRANSACTION)
+    assert out.dead == [] and out.records[0]["amount"] == 0.0
+
+
+def test_dead_letter_keeps_a_luhn_valid_timestamp_and_redacts_everything_else() -> None:
+    ts = 1767227854976  # an epoch-ms time that passes Luhn by chance
+    assert luhn_valid(str(ts))
+    bad = {**GOOD, "ts": ts, "amount": "x", "note": str(ts), "nested": {"ts": PAN}}
+    record = decode_batch([msg(bad)], TRANSACTION).dead[0].to_record()
+    raw = orjson.loads(record["raw"])
+    assert raw["ts"] == ts  # the event time survives
+    assert raw["note"] == REDACTED and raw["nested"]["ts"] == REDACTED
+    assert PAN not in record["raw"]
+    # a PAN as the ts value is not a time the validator takes: redacted too
+    record = decode_batch([msg({**GOOD, "ts": int(PAN)})], TRANSACTION).dead[0].to_record()
+    assert PAN not in record["raw"] and f'"ts":{REDACTED}' in record["raw"]
+
+
+def test_no_13_digit_card_number_is_a_valid_event_time() -> None:
+    """``ts`` is not scanned for card numbers: every 13-digit PAN (Visa, leading 4) is beyond
+    the accepted range, so none can pass as a time (and be echoed in ``scores``)."""
+    from engine.schemas import MAX_TS_MS
+
+    assert MAX_TS_MS <= 4_000_000_000_000
+    assert one_reason({**GOOD, "ts": 4_000_000_000_006}) == "invalid_timestamp"
+
+
+@pytest.mark.parametrize("extra", [b"[" * 40 + b"]" * 40, b'{"a":' * 300 + b"1" + b"}" * 300])
+def test_nesting_orjson_cannot_write_back_is_refused_at_the_door(extra: bytes) -> None:
+    """Found by the fuzz run: such a message passed the decoder, then failed the review-case
+    write of every attempt of its batch ("Recursion limit reached")."""
+    raw = orjson.dumps({**GOOD, "extra": "@@"}).replace(b'"@@"', extra)
+    assert one_reason(raw) == "wrong_type"
+    ok = orjson.dumps({**GOOD, "extra": "@@"}).replace(b'"@@"', b"[" * 20 + b"]" * 20)
+    assert decode_batch([msg(ok)], TRANSACTION).dead == []

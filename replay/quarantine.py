@@ -1,0 +1,179 @@
+"""Bad rows of a file are quarantined, not fatal: ``DIR/rejected.parquet`` and a count.
+
+Every file command (``replay``, ``train``, ``backtest``, ``rules backtest``) reads a transactions
+file through :func:`load_transactions` (or, for ``replay``, the engine's own decoder), which
+splits it column-wise into the rows the engine accepts and the rejected ones, each with its row
+number in the file (0-based, header excluded) and the dead-letter reason the live decoder would
+give (:mod:`engine.schemas`). The rejected rows are written without their values (a value may be
+a card number): ``row``, ``reason``, ``detail``. ``strict=True`` stops at the first bad row
+instead (:class:`BadRowError`, naming the row and the reason).
+
+>>> good, bad = split_frame(pd.DataFrame({"event_id": ["a", "b"], "ts": [1767225600000, 5],
+...     "card_id": ["c", "c"], "merchant_id": ["m", "m"], "amount": [0.0, 1.0]}))
+>>> list(good["event_id"]), bad[["row", "reason"]].to_dict("records")
+(['a'], [{'row': 1, 'reason': 'invalid_timestamp'}])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.cardnumbers import contains_pan
+from engine.schemas import (
+    CARD_NUMBER,
+    DUPLICATE,
+    INVALID_AMOUNT,
+    INVALID_TIMESTAMP,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    MISSING_FIELD,
+    REFUND,
+    REFUND_TYPES,
+    TRANSACTION,
+    WRONG_TYPE,
+)
+
+REJECTED_FILE = "rejected.parquet"
+REJECTED_COLUMNS = ("row", "reason", "detail")
+
+
+class BadRowError(ValueError):
+    """``--strict``: the first bad row of a file (its number and reason, never its value)."""
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({"row": pd.Series([], dtype=np.int64), "reason": pd.Series([], dtype=str),
+                         "detail": pd.Series([], dtype=str)})  # fmt: skip
+
+
+def split_frame(
+    df: pd.DataFrame, first_row: int = 0, duplicates: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(accepted rows, rejected ``row``/``reason``/``detail``): the decoder's checks over whole
+    columns, first failing check per row (the order of :func:`engine.schemas.validate`).
+
+    ``df`` has canonical dtypes (:func:`replay.sources.normalise`; unreadable ``ts``/``amount``
+    as missing). A missing required column rejects every row. ``duplicates``: a repeated
+    ``event_id`` (after its first row) is rejected as ``duplicate_event_id``.
+    """
+    n = len(df)
+    reason = np.full(n, "", dtype=object)
+    detail = np.full(n, "", dtype=object)
+
+    def mark(bad: np.ndarray[Any, Any], why: str, what: str) -> None:
+        fresh = bad & (reason == "")
+        reason[fresh] = why
+        detail[fresh] = what
+
+    # card numbers first: the decoder looks for them before anything else
+    for name in [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(
+            df[c])]:  # fmt: skip
+        values = pd.unique(df[name].dropna())  # few distinct cards/merchants: cheap
+        pans = [v for v in values.tolist() if isinstance(v, str) and contains_pan(v)]
+        if pans:
+            mark(df[name].isin(pans).to_numpy(), CARD_NUMBER, f"{name}: looks like a card number")
+    for name in TRANSACTION.required_str:
+        if name not in df.columns:
+            mark(np.ones(n, dtype=bool), MISSING_FIELD, f"the file has no column {name!r}")
+            continue
+        col = df[name]
+        mark(col.isna().to_numpy(), MISSING_FIELD, f"{name}: required")
+        mark((col.astype(str) == "").to_numpy(), WRONG_TYPE, f"{name}: expected a non-empty string")
+    if "ts" not in df.columns:
+        mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'ts'")
+    else:
+        ts = pd.to_numeric(df["ts"], errors="coerce").to_numpy(np.float64)
+        mark(~((ts >= MIN_TS_MS) & (ts < MAX_TS_MS)), INVALID_TIMESTAMP,
+             "ts: missing, unreadable or out of range 2000..2090")  # fmt: skip
+    if "amount" not in df.columns:
+        mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'amount'")
+    else:
+        amount = pd.to_numeric(df["amount"], errors="coerce").to_numpy(np.float64)
+        mark(~np.isfinite(amount), INVALID_AMOUNT, "amount: missing or not a finite number")
+        refund = amount < 0
+        if "type" in df.columns:
+            kind = df["type"].astype(str).str.lower().isin(REFUND_TYPES).to_numpy()
+            refund |= kind & df["type"].notna().to_numpy()
+        mark(refund, REFUND, "refunds/reversals (negative amount or type) are not scored")
+    if duplicates and "event_id" in df.columns:
+        dup = df["event_id"].duplicated(keep="first").to_numpy() & (reason == "")
+        mark(dup, DUPLICATE, "event_id: seen earlier in the file")
+    bad = reason != ""
+    rejected = pd.DataFrame({
+        "row": np.flatnonzero(bad).astype(np.int64) + first_row,
+        "reason": reason[bad].astype(str), "detail": detail[bad].astype(str),
+    }) if bad.any() else _empty()  # fmt: skip
+    good = df.loc[~bad] if bad.any() else df
+    return good, rejected
+
+
+@dataclass
+class Quarantine:
+    """The rejected rows of one command's input file(s), written to ``DIR/rejected.parquet``."""
+
+    parts: list[pd.DataFrame] = field(default_factory=list)
+
+    def add(self, rejected: pd.DataFrame) -> None:
+        if len(rejected):
+            self.parts.append(rejected.loc[:, list(REJECTED_COLUMNS)])
+
+    @property
+    def count(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def by_reason(self) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for p in self.parts:
+            out.update(p["reason"].value_counts().to_dict())
+        return dict(sorted(out.items()))
+
+    def frame(self) -> pd.DataFrame:
+        if not self.parts:
+            return _empty()
+        return pd.concat(self.parts, ignore_index=True).sort_values("row", kind="stable")
+
+    def write(self, out_dir: Path) -> Path:
+        """``out_dir/rejected.parquet`` (written even when empty: no file means no run)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / REJECTED_FILE
+        self.frame().to_parquet(path, index=False)
+        return path
+
+    def summary(self) -> str:
+        """``"3 rows quarantined (invalid_amount=2, missing_field=1)"`` or ``""``."""
+        if not self.count:
+            return ""
+        reasons = ", ".join(f"{k}={v:,}" for k, v in self.by_reason().items())
+        return f"{self.count:,} rows quarantined ({reasons})"
+
+
+def first_bad(rejected: pd.DataFrame, what: str) -> BadRowError:
+    top = rejected.sort_values("row", kind="stable").iloc[0]
+    return BadRowError(f"{what}: row {int(top['row'])}: {top['reason']}: {top['detail']} "
+                       "(--strict stops at the first bad row)")  # fmt: skip
+
+
+def load_transactions(
+    path: Path, strict: bool = False, duplicates: bool = True
+) -> tuple[pd.DataFrame, Quarantine]:
+    """The file's accepted rows (canonical dtypes, file order, fresh index) and its quarantine.
+
+    Raises :class:`BadRowError` on the first bad row when ``strict``; a file that cannot be
+    read at all (wrong suffix, not Parquet, a ``ts`` column of booleans) still raises
+    ``ValueError``: that is not a bad row, it is a bad file.
+    """
+    from replay.sources import read_transactions
+
+    df = read_transactions(path, lenient=True)
+    good, rejected = split_frame(df, duplicates=duplicates)
+    if strict and len(rejected):
+        raise first_bad(rejected, str(path))
+    quarantine = Quarantine()
+    quarantine.add(rejected)
+    return good.reset_index(drop=True), quarantine

@@ -1,0 +1,45 @@
+"""The fault suite in its CI form (``riskstream faults --reduced``), and a small fuzz run.
+
+Each scenario runs real worker processes against a real Tansu and Valkey and checks, event by
+event, that every input has exactly one decision (or identical copies) or one dead letter and
+that every logged feature vector equals the offline reference (see :mod:`replay.faults`). The
+full suite (three SIGKILLs, Valkey restarts with and without persistence, a 30 s broker outage)
+is ``make faults``; the 1,000,000-message fuzz run is ``make fuzz``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replay.faults import run_suite
+from replay.fuzz import run_fuzz
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+
+def test_reduced_fault_suite(tmp_path: Path) -> None:
+    results = run_suite(tmp_path, reduced=True, log=lambda _m: None)
+    assert [r.scenario for r in results] == ["worker_sigkill", "poison", "slow_redis"]
+    for r in results:
+        assert r.decisions + r.dead_letters == r.events_in, r.row()
+        assert r.lost == 0 and r.both == 0 and r.differing == 0, r.row()
+        assert r.features_checked == r.decisions, r.row()
+    kill, poison, slow = results
+    assert poison.ok and slow.ok, (poison.row(), slow.row())
+    # Known gap (README, Faults): a kill between the feature update and the decision memo makes
+    # the redelivered batch be scored again from a state that also holds the batch's later
+    # events; no event is counted twice, but at most one batch may show those values.
+    assert kill.features_mismatched <= 50, kill.row()
+    assert kill.recovery_seconds and all(s < 120 for s in kill.recovery_seconds)
+    assert poison.dead_letters == poison.events_in // 500  # the poisons alone
+    assert "decisions slower than 1 s" in slow.notes and "NOT SEEN" not in slow.notes
+
+
+def test_small_fuzz_run(tmp_path: Path) -> None:
+    res = run_fuzz(20_000, tmp_path, seed=1, log=lambda _m: None)
+    assert res.ok, res
+    assert res.decisions + res.dead_letters == res.messages
+    assert res.crashes == 0 and res.pan_leaks == 0 and res.unaccounted == 0
+    assert res.dead_reasons.get("card_number_detected", 0) > 1000

@@ -1,0 +1,167 @@
+"""Files never abort on a bad row: every file command, black-box through the CLI.
+
+One JSON-lines file of simulated transactions where 1 % of the rows are bad, of every kind the
+decoder knows (missing and empty fields, unreadable and out-of-range times, amounts that are
+text, null, negative, refunds by ``type``, card numbers in the card field and in a free field,
+lines that are not JSON or not an object, repeated event ids), plus 1 % valid zero-amount
+verifications. ``replay``, ``backtest``, ``rules backtest`` and ``train`` must each finish, write
+``DIR/rejected.parquet`` with exactly the planted rows (row number, a reason the decoder would
+give, never the value), say how many in their summary, and with ``--strict`` stop at the first
+bad row with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+import redis
+
+from replay.simulate import simulate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PAN = "4111111111111111"
+#: kind -> (how to spoil a record, the reasons a command may give for it)
+KINDS: dict[str, tuple[object, set[str]]] = {
+    "missing_card": (lambda r: {k: v for k, v in r.items() if k != "card_id"}, {"missing_field"}),
+    "empty_merchant": (lambda r: {**r, "merchant_id": ""}, {"wrong_type", "missing_field"}),
+    "ts_text": (lambda r: {**r, "ts": "yesterday"}, {"invalid_timestamp"}),
+    "ts_range": (lambda r: {**r, "ts": 17}, {"invalid_timestamp"}),
+    "ts_future": (lambda r: {**r, "ts": 9_999_999_999_999}, {"invalid_timestamp"}),
+    "amount_text": (lambda r: {**r, "amount": "12.5x"}, {"wrong_type", "invalid_amount"}),
+    "amount_null": (lambda r: {**r, "amount": None}, {"missing_field", "invalid_amount"}),
+    "refund_negative": (lambda r: {**r, "amount": -12.5}, {"refund_not_supported"}),
+    "refund_type": (lambda r: {**r, "type": "reversal"}, {"refund_not_supported"}),
+    "pan_card": (lambda r: {**r, "card_id": PAN}, {"card_number_detected"}),
+    "pan_device": (lambda r: {**r, "device_id": "4111 1111 1111 1111"}, {"card_number_detected"}),
+    "not_json": (lambda r: b'{"event_id": "broken', {"not_json", "missing_field"}),
+    "not_object": (lambda r: b"[1, 2, 3]", {"not_object", "missing_field"}),
+    "duplicate": (None, {"duplicate_event_id"}),
+}
+
+
+@pytest.fixture(scope="module")
+def spoiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, str], int]:
+    """(file, planted row -> kind, number of valid rows)."""
+    df = simulate(days=10, seed=4, n_customers=300, n_merchants=80)
+    cols = [c for c in df.columns if c != "fraud_pattern"]
+    records = df[cols].to_dict("records")
+    planted: dict[int, str] = {}
+    kinds = list(KINDS)
+    step = 100  # 1 %
+    for j, i in enumerate(range(57, len(records), step)):
+        kind = kinds[j % len(kinds)]
+        spoil, _ = KINDS[kind]
+        planted[i] = kind
+        if spoil is None:  # a copy of an earlier row's event id
+            records[i] = {**records[i], "event_id": records[i - 3]["event_id"]}
+        else:
+            records[i] = spoil(records[i])  # type: ignore[operator]
+    for i in range(7, len(records), step):  # valid zero-amount verifications
+        if i not in planted and isinstance(records[i], dict):
+            records[i] = {**records[i], "amount": 0.0}
+    path = tmp_path_factory.mktemp("quarantine") / "tx.jsonl"
+    with path.open("wb") as f:
+        for r in records:
+            f.write((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n")
+    assert set(planted.values()) == set(KINDS)
+    return path, planted, len(records) - len(planted)
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def _check_rejected(out: Path, planted: dict[int, str], text: str) -> None:
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    assert list(rejected.columns) == ["row", "reason", "detail"]
+    assert sorted(rejected["row"]) == sorted(planted)
+    for row, reason in zip(rejected["row"], rejected["reason"], strict=True):
+        assert reason in KINDS[planted[int(row)]][1], (row, planted[int(row)], reason)
+    assert PAN not in (out / "rejected.parquet").read_bytes().decode("latin-1")
+    assert PAN not in text and "4111 1111" not in text
+    assert "Traceback" not in text
+
+
+def _db(stack: dict[str, str], db: int) -> str:
+    base, _, _ = stack["RISKSTREAM_REDIS_URL"].rpartition("/")
+    redis.Redis.from_url(f"{base}/{db}").flushdb()
+    return f"{base}/{db}"
+
+
+def test_replay_quarantines_and_strict_stops(
+    spoiled: tuple[Path, dict[int, str], int], stack: dict[str, str], tmp_path: Path
+) -> None:
+    path, planted, valid = spoiled
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 11), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    out = tmp_path / "replay"
+    res = _cli(["replay", "--transactions", str(path), "--to", "inprocess", "--out", str(out),
+                "--label-delay", "2d", "--no-progress"], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    _check_rejected(out, planted, res.stdout + res.stderr)
+    decisions = pd.read_parquet(out / "decisions.parquet")
+    assert len(decisions) == valid and decisions["event_id"].is_unique
+    summary = " ".join((res.stdout + res.stderr).split())
+    assert f"{len(planted):,} transaction rows quarantined" in summary
+    # --strict: one line naming the first bad row, no traceback
+    env["RISKSTREAM_REDIS_URL"] = _db(stack, 11)
+    res = _cli(["replay", "--transactions", str(path), "--to", "inprocess", "--out",
+                str(tmp_path / "strict"), "--no-progress", "--strict"], env)  # fmt: skip
+    last = res.stderr.strip().splitlines()[-1]  # before it: the service's dead-letter warnings
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert last.startswith("riskstream: error:") and f"row {min(planted)}:" in last
+
+
+def test_backtest_and_rules_backtest_quarantine(
+    spoiled: tuple[Path, dict[int, str], int], stack: dict[str, str], tmp_path: Path
+) -> None:
+    path, planted, _ = spoiled
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 12), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    period = ["--train-start", "2026-01-01", "--train-end", "2026-01-08",
+              "--test-start", "2026-01-08", "--test-end", "2026-01-11"]  # fmt: skip
+    out = tmp_path / "bt"
+    res = _cli(["backtest", "--transactions", str(path), *period, "--out", str(out),
+                "--label-delay", "2d"], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    _check_rejected(out, planted, res.stdout + res.stderr)
+    assert f"quarantined {len(planted):,} rows" in " ".join((res.stdout + res.stderr).split())
+    res = _cli(["backtest", "--transactions", str(path), *period, "--out", str(tmp_path / "s"),
+                "--strict"], env)  # fmt: skip
+    assert res.returncode == 2 and f"row {min(planted)}:" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    out = tmp_path / "rbt"
+    env["RISKSTREAM_REDIS_URL"] = _db(stack, 12)
+    res = _cli(["rules", "backtest", "--transactions", str(path), "--label-delay", "2d",
+                "--out", str(out)], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    _check_rejected(out, planted, res.stdout + res.stderr)
+    assert f"quarantined {len(planted):,} rows" in " ".join((res.stdout + res.stderr).split())
+
+
+def test_train_quarantines(
+    spoiled: tuple[Path, dict[int, str], int], stack: dict[str, str], tmp_path: Path
+) -> None:
+    path, planted, _ = spoiled
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 0 + 13), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    out = tmp_path / "train"
+    res = _cli(["train", "--transactions", str(path), "--label-delay", "1d", "--train-start",
+                "2026-01-02", "--train-end", "2026-01-07", "--valid-end", "2026-01-10",
+                "--rounds", "30", "--no-progress", "--scratch-db", "14", "--out", str(out)],
+               env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    _check_rejected(out, planted, res.stdout + res.stderr)
+    assert f"{len(planted):,} rows quarantined" in " ".join((res.stdout + res.stderr).split())
+    res = _cli(["train", "--transactions", str(path), "--label-delay", "1d", "--train-start",
+                "2026-01-02", "--train-end", "2026-01-07", "--strict", "--scratch-db", "14"],
+               env)  # fmt: skip
+    assert res.returncode == 2 and f"row {min(planted)}:" in res.stderr
