@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +96,11 @@ def finish_and_probe(store: RedisFeatureStore, s: Stream, seed: int) -> np.ndarr
     lab = [e for e in uniq if rng.random() < 0.3]
     t_end = int(s.ts.max())
     store.apply_labels_batch(lab, np.full(len(lab), t_end - 1), [rng.random() < 0.5 for _ in lab])
+    return probe_at(store, s, t_end)
+
+
+def probe_at(store: RedisFeatureStore, s: Stream, t: int) -> np.ndarray:
+    """One fresh event per card and per merchant of ``s`` at time ``t``: the state, observed."""
     cards = sorted(set(s.ents["card_id"]))
     merchants = sorted(set(s.ents["merchant_id"]))
     k = max(len(cards), len(merchants))
@@ -107,7 +112,7 @@ def finish_and_probe(store: RedisFeatureStore, s: Stream, seed: int) -> np.ndarr
     for f in ("customer_id", "device_id", "ip", "channel"):
         ents[f] = [s.ents[f][src[c]] for c in ents["card_id"]]
     ids = [f"probe{i}" for i in range(k)]
-    return store.update_batch(ids, np.full(k, t_end, dtype=np.int64), np.full(k, 50.0), ents)
+    return store.update_batch(ids, np.full(k, t, dtype=np.int64), np.full(k, 50.0), ents)
 
 
 def new_store(url: str) -> RedisFeatureStore:
@@ -124,25 +129,22 @@ def ordered_pass(url: str, s: Stream, seed: int) -> tuple[np.ndarray, np.ndarray
     return values, finish_and_probe(store, s, seed)
 
 
-@pytest.fixture(scope="module")
-def url(redis_url: str) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-    yield redis_url
+def stream_strategy(spans_h: Sequence[int]) -> st.SearchStrategy[tuple[int, Stream]]:
+    """(seed, stream) of 5-250 events over one of ``spans_h`` hours, 1-6 cards, 1-4 merchants."""
+    return st.builds(
+        lambda seed, n, span_h, cards, merchants: (
+            seed,
+            make_stream(seed, n, span_h * 3_600_000, cards, merchants),
+        ),
+        st.integers(0, 2**31),
+        st.integers(5, 250),
+        st.sampled_from(list(spans_h)),
+        st.integers(1, 6),
+        st.integers(1, 4),
+    )
 
 
-streams = st.builds(
-    lambda seed, n, span_h, cards, merchants: (
-        seed,
-        make_stream(seed, n, span_h * 3_600_000, cards, merchants),
-    ),
-    st.integers(0, 2**31),
-    st.integers(5, 250),
-    st.sampled_from([1, 6, 48]),
-    st.integers(1, 6),
-    st.integers(1, 4),
-)
+streams = stream_strategy([1, 6, 48])
 SETTINGS = settings(
     max_examples=30,
     deadline=None,

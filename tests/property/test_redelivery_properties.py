@@ -25,7 +25,7 @@ file covers that interplay.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -39,8 +39,9 @@ from tests.property.test_features_properties import (
     LATENESS_S,
     SPEC,
     Stream,
-    make_stream,
+    probe_at,
     run,
+    stream_strategy,
 )
 from tests.unit.test_features_kernels import assert_features_equal
 
@@ -72,19 +73,7 @@ def labels_of(s: Stream, seed: int) -> Labels:
 
 def probe(store: RedisFeatureStore, s: Stream) -> np.ndarray:
     """One fresh event per card and per merchant, just after the labels' time."""
-    cards = sorted(set(s.ents["card_id"]))
-    merchants = sorted(set(s.ents["merchant_id"]))
-    k = max(len(cards), len(merchants))
-    ents = {
-        "card_id": [cards[i % len(cards)] for i in range(k)],
-        "merchant_id": [merchants[i % len(merchants)] for i in range(k)],
-    }
-    src = {c: i for i, c in enumerate(s.ents["card_id"])}
-    for f in ("customer_id", "device_id", "ip", "channel"):
-        ents[f] = [s.ents[f][src[c]] for c in ents["card_id"]]
-    ids = [f"probe{i}" for i in range(k)]
-    t_probe = int(s.ts.max()) + 1
-    return store.update_batch(ids, np.full(k, t_probe, dtype=np.int64), np.full(k, 50.0), ents)
+    return probe_at(store, s, int(s.ts.max()) + 1)
 
 
 def pipelined(
@@ -114,25 +103,8 @@ def pipelined(
     return np.vstack(values), np.concatenate(flags)
 
 
-@pytest.fixture(scope="module")
-def url(redis_url: str) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-    yield redis_url
-
-
-streams = st.builds(
-    lambda seed, n, span_h, cards, merchants: (
-        seed,
-        make_stream(seed, n, span_h * 3_600_000, cards, merchants),
-    ),
-    st.integers(0, 2**31),
-    st.integers(5, 250),
-    st.sampled_from([1, 48, 240]),  # 10 days: records leave the fine tiers, buckets are rewritten
-    st.integers(1, 6),
-    st.integers(1, 4),
-)
+# 10 days: records leave the fine tiers, buckets are rewritten
+streams = stream_strategy([1, 48, 240])
 #: where a copy goes: right after its original, a few rows on, or many rows on (in event time:
 #: from "within the lateness" to far beyond it in a 48-hour stream)
 delays = st.one_of(st.just(0), st.integers(1, 8), st.integers(9, 400))
