@@ -179,17 +179,16 @@ class ScoringService:
         if late > self._late_seen:
             metrics.LATE_EVENTS.inc(late - self._late_seen)
             self._late_seen = late
+        # what learns and is monitored sees each event id once: a redelivery is left out
+        fresh = None
+        if scored is not None:
+            fresh = scored.without(scored.redelivered) if scored.redelivered.any() else scored
         anomaly = self.pipeline.anomaly
-        if scored is not None and anomaly is not None:
-            # unsupervised: after scoring, never before, and once per event id
-            red = scored.redelivered
-            fresh_x = scored.features[~red] if red.any() else scored.features
-            if len(fresh_x):
-                anomaly.learn_batch(fresh_x)
+        if fresh is not None and anomaly is not None and fresh.decisions:
+            anomaly.learn_batch(fresh.features)  # unsupervised: after scoring, never before
         t5 = time.perf_counter()
-        if scored is not None and self.drift is not None:  # after the decisions went out
-            fresh_rows = scored.without(scored.redelivered) if scored.redelivered.any() else scored
-            self.drift.observe_batch(fresh_rows)  # a redelivery is in the window once
+        if fresh is not None and self.drift is not None:  # after the decisions went out
+            self.drift.observe_batch(fresh)
             report.stage_seconds["drift"] = time.perf_counter() - t5
         if scored is not None:
             report.scored = scored
