@@ -26,6 +26,7 @@ DEFAULT_DIR = Path(__file__).resolve().parent
 FEATURES = [
     "card_id_count_1h", "card_id_sum_1h", "card_id_mean_1h", "card_id_count_24h",
     "card_id_sum_24h", "card_id_mean_24h", "merchant_id_count_24h", "customer_id_count_24h",
+    "card_id_zero_amount_count_1h",
 ]  # fmt: skip
 COUNTRIES = ["FR", "DE", "ES", "IT", "GB", "US", "NL", "BE", "RU", "NG", "KP", "BR", "IN", "CN"]
 CHANNELS = ["pos", "ecom", "app", "moto"]
@@ -115,6 +116,7 @@ def events_batch(
             mean,
             g.poisson(300, n).astype(np.float64),
             count_24h,
+            g.poisson(0.05, n).astype(np.float64),  # zero-amount authorisations: rare
         ]
     )
     return events, x
