@@ -5,6 +5,9 @@ No label ever carries a card, customer or event id: cardinality stays bounded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -214,3 +217,15 @@ def metric_names() -> set[str]:
 def exposition() -> tuple[bytes, str]:
     """The text exposition body and its content type, for /metrics."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, counted per bucket at once: a batch's latencies
+    (one ``observe`` is ~1.5 µs of Python per event). Same buckets, count and sum."""
+    if not len(values):
+        return
+    bounds = histogram._upper_bounds  # noqa: SLF001 - prometheus_client has no batch observe
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(values)))  # noqa: SLF001
+    for i in np.flatnonzero(counts).tolist():
+        histogram._buckets[i].inc(int(counts[i]))  # noqa: SLF001

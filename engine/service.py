@@ -23,7 +23,8 @@ from engine import metrics
 from engine.drift import DriftTracker
 from engine.pipeline import Decision, Pipeline, ScoredBatch
 from engine.policy import REVIEW
-from engine.review.store import QUEUE_KEY, add_cases, record_history
+from engine.protocols import FloatArray
+from engine.review.store import HISTORY_SCRIPT, QUEUE_KEY, case_commands, history_call
 from engine.schemas import (
     ACCOUNT_EVENT,
     DUPLICATE,
@@ -37,6 +38,7 @@ from engine.schemas import (
 )
 from engine.settings import Settings
 from engine.sinks import KafkaSink, MemorySink, NullSink
+from features import resp
 from models.evaluation import RollingEvaluator
 from rules.reload import RuleSetWatcher
 
@@ -99,6 +101,14 @@ class BatchReport:
     redelivered: int = 0
 
 
+@dataclass
+class _Writes:
+    """A batch's Redis writes on their way; ``pending_at``: the reply listing parked labels."""
+
+    sent: resp.Sent
+    pending_at: int | None
+
+
 def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("latin-1") if isinstance(value, str) else value
 
@@ -140,7 +150,7 @@ class ScoringService:
             raise ValueError(msg)
         self.redelivery = redelivery
         self.rules_watcher = rules_watcher
-        self._log_batch = client.register_script(_LOG_BATCH)
+        self._msetex: bool | None = None  # the server has MSETEX (asked on first use)
         self.evaluator = RollingEvaluator(5000, settings.review_threshold)
         self._bad_shadows: set[str] = set()
         self._late_seen = 0
@@ -169,37 +179,50 @@ class ScoringService:
                 )
         t2 = time.perf_counter()
         self._emit_dead(dead, self.settings.topic_transactions)
+        writes = None
         if scored is not None and scored.decisions:
-            self._emit_decisions(scored, records, arrived_at, report, answered)
+            writes = self._emit_decisions(scored, records, arrived_at, report, answered)
         t3 = time.perf_counter()
-        self.sink.flush()
+        try:
+            self.sink.flush()
+        except BaseException:
+            if writes is not None:
+                writes.sent.discard()
+            raise
         now = time.time()  # the decisions are durable now: the latency clock stops here
         t4 = time.perf_counter()
-        late = self.pipeline.features.late_events
-        if late > self._late_seen:
-            metrics.LATE_EVENTS.inc(late - self._late_seen)
-            self._late_seen = late
-        # what learns and is monitored sees each event id once: a redelivery is left out
-        fresh = None
-        if scored is not None:
-            fresh = scored.without(scored.redelivered) if scored.redelivered.any() else scored
-        anomaly = self.pipeline.anomaly
-        if fresh is not None and anomaly is not None and fresh.decisions:
-            anomaly.learn_batch(fresh.features)  # unsupervised: after scoring, never before
-        t5 = time.perf_counter()
-        if fresh is not None and self.drift is not None:  # after the decisions went out
-            self.drift.observe_batch(fresh)
-            report.stage_seconds["drift"] = time.perf_counter() - t5
+        try:
+            late = self.pipeline.features.late_events
+            if late > self._late_seen:
+                metrics.LATE_EVENTS.inc(late - self._late_seen)
+                self._late_seen = late
+            # what learns and is monitored sees each event id once: a redelivery is left out
+            fresh = None
+            if scored is not None:
+                fresh = scored.without(scored.redelivered) if scored.redelivered.any() else scored
+            anomaly = self.pipeline.anomaly
+            if fresh is not None and anomaly is not None and fresh.decisions:
+                anomaly.learn_batch(fresh.features)  # unsupervised: after scoring, never before
+            t5 = time.perf_counter()
+            if fresh is not None and self.drift is not None:  # after the decisions went out
+                self.drift.observe_batch(fresh)
+                report.stage_seconds["drift"] = time.perf_counter() - t5
+        except BaseException:
+            if writes is not None:
+                writes.sent.discard()
+            raise
+        t6 = time.perf_counter()
+        if writes is not None:  # the logs, memos and cases: durable before the caller commits
+            self._writes_done(writes, report)
+        t7 = time.perf_counter()
         if scored is not None:
             report.scored = scored
             report.latencies = [now - a for a in arrived_at]
-            observe = metrics.DECISION_LATENCY.observe
-            for lat in report.latencies:
-                observe(lat)
+            metrics.observe_many(metrics.DECISION_LATENCY, report.latencies)
             report.stage_seconds.update(scored.stage_seconds)
         stages = report.stage_seconds
         stages["decode"] = t1 - t0
-        stages["emit"] = t3 - t2
+        stages["emit"] = t3 - t2 + t7 - t6
         stages["flush"] = t4 - t3
         stages["online"] = stages.get("online", 0.0) + (t5 - t4)
         for stage, secs in stages.items():
@@ -279,15 +302,15 @@ class ScoringService:
         arrived_at: Sequence[float],
         report: BatchReport,
         answered: dict[int, bytes],
-    ) -> None:
+    ) -> _Writes:
         """Send every decision (a redelivery answered from its memo: ``answered``, row -> the
-        bytes first sent), queue new review cases and write the feature log and the decision
-        memo, in one Redis round trip."""
+        bytes first sent), queue new review cases, and send the feature log, the decision memo
+        and the history in one Redis round trip, whose replies :meth:`_writes_done` reads (after
+        the sink's flush: Redis and the broker work at the same time)."""
         s = self.settings
         send = self.sink.send
         dumps = orjson.dumps
         now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
         cases: list[dict[str, Any]] = []
         decisions = scored.decisions
         x = np.ascontiguousarray(scored.features, dtype=np.float64)
@@ -324,29 +347,18 @@ class ScoringService:
                 }
                 cases.append(case)
                 send(review_topic, d.card_id.encode(), dumps(case))
+        payload: list[bytes] = []
         if live and new:
             rows = x if fresh is None else x[fresh]
             memos = sent if fresh is None else [sent[i] for i in fresh]
             logged = [dumps(_score_record(d)) for d in new]
-            self._log_batch(
-                args=[
-                    self.feature_log_ttl, FEATURE_LOG_PREFIX, SCORE_LOG_PREFIX,
-                    rows.shape[1] * 8, dumps([d.event_id for d in new]), rows.tobytes(),
-                    dumps([len(v) for v in logged]), b"".join(logged), PENDING_LABELS,
-                    DECISION_MEMO_PREFIX, s.redelivery_memo_seconds,
-                    dumps([len(v) for v in memos]), b"".join(memos),
-                ],
-                client=pipe,
-            )  # fmt: skip
+            payload += self._log_commands(new, rows, logged, memos)
             # the case page's card and merchant history
-            record_history(pipe, new, records if fresh is None else [records[i] for i in fresh])
-        add_cases(pipe, cases)
-        pipe.zcard(QUEUE_KEY)
-        replies = pipe.execute()
-        depth = replies[-1]
-        if live and new:
-            self._apply_pending([orjson.loads(v) for v in replies[0]], report)
-        metrics.REVIEW_QUEUE_DEPTH.set(depth)
+            txns = records if fresh is None else [records[i] for i in fresh]
+            keys, args = history_call(new, txns)
+            payload.append(resp.command("EVAL", HISTORY_SCRIPT, len(keys), *keys, *args))
+        payload += [resp.command(*c) for c in case_commands(cases)]
+        payload.append(resp.command("ZCARD", QUEUE_KEY))
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
         degraded = [d for d in new if d.mode != "normal"]
@@ -354,6 +366,53 @@ class ScoringService:
             reason = degraded[0].reasons[-1].split(":", 1)[-1]
             metrics.DEGRADED_DECISIONS.labels(reason).inc(len(degraded))
         report.decisions = dict(counts)
+        pending_at = (3 if self._has_msetex() else 0) if live and new else None
+        return _Writes(resp.Sent(self.redis, payload, len(payload)), pending_at)
+
+    def _has_msetex(self) -> bool:
+        if self._msetex is None:
+            self._msetex = resp.supports(self.redis, "MSETEX")
+            if not self._msetex:
+                log.info("no MSETEX on this server: the decision log is written by a script")
+        return self._msetex
+
+    def _log_commands(
+        self, new: Sequence[Decision], rows: FloatArray, logged: list[bytes], memos: list[bytes]
+    ) -> list[bytes]:
+        """The decision log of a batch (feature rows, score records, decision memos) and the
+        look-up of labels parked for its events (last)."""
+        s = self.settings
+        ids = [d.event_id for d in new]
+        if self._has_msetex():
+            width = rows.shape[1] * 8
+            blob = np.ascontiguousarray(rows, dtype=np.float64).tobytes()
+            vectors = [blob[k : k + width] for k in range(0, len(blob), width)]
+            ttl = self.feature_log_ttl
+            return [
+                resp.msetex(FEATURE_LOG_PREFIX, ids, vectors, ttl),
+                resp.msetex(SCORE_LOG_PREFIX, ids, logged, ttl),
+                resp.msetex(DECISION_MEMO_PREFIX, ids, memos, s.redelivery_memo_seconds),
+                resp.command("HMGET", PENDING_LABELS, *ids),
+            ]
+        dumps = orjson.dumps
+        return [
+            resp.command(
+                "EVAL", _LOG_BATCH, 0,
+                self.feature_log_ttl, FEATURE_LOG_PREFIX, SCORE_LOG_PREFIX,
+                rows.shape[1] * 8, dumps(ids), rows.tobytes(),
+                dumps([len(v) for v in logged]), b"".join(logged), PENDING_LABELS,
+                DECISION_MEMO_PREFIX, s.redelivery_memo_seconds,
+                dumps([len(v) for v in memos]), b"".join(memos),
+            )
+        ]  # fmt: skip
+
+    def _writes_done(self, writes: _Writes, report: BatchReport) -> None:
+        """Wait for a batch's Redis writes; apply the labels that were waiting for its events."""
+        replies = writes.sent.replies()
+        metrics.REVIEW_QUEUE_DEPTH.set(replies[-1])
+        if writes.pending_at is not None:
+            found = replies[writes.pending_at]
+            self._apply_pending([orjson.loads(v) for v in found if v is not None], report)
 
     def _apply_pending(self, labels: list[dict[str, Any]], report: BatchReport) -> None:
         """Labels that had arrived before these transactions were scored, applied now."""

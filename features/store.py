@@ -95,6 +95,8 @@ from features._types import BoolArray, FloatArray, IntArray
 from features.cache import KindCache, Slots
 from features.hashing import HashArray, combine, hash64, low52
 from features.kernels import AGG_CODES
+from features.resp import bulk as _bulk
+from features.resp import pack_args as _pack_args
 from features.spec import (
     AMOUNT_FIELD,
     DEFAULT_SPEC,
@@ -230,35 +232,6 @@ def _kind_id(source: str, entity: str, flt: Filter | None, distinct: str | None)
     if distinct is not None:
         parts.append("d=" + distinct)
     return ":".join(parts)
-
-
-def _bulk(b: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(b), b)
-
-
-def _pack_args(args: Sequence[Any]) -> bytes:
-    """RESP bulk strings of str/bytes/int arguments, runs of ASCII strings packed at once."""
-    parts: list[bytes] = []
-    run: list[str] = []
-
-    def flush() -> None:
-        if not run:
-            return
-        text = "".join([f"${len(v)}\r\n{v}\r\n" for v in run])
-        if text.isascii():
-            parts.append(text.encode())
-        else:
-            parts.extend(_bulk(v.encode()) for v in run)
-        run.clear()
-
-    for a in args:
-        if isinstance(a, str):
-            run.append(a)
-        else:
-            flush()
-            parts.append(_bulk(a if isinstance(a, bytes) else str(a).encode()))
-    flush()
-    return b"".join(parts)
 
 
 def _packed(strings: list[str]) -> tuple[bytes, bytes]:

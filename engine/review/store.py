@@ -74,24 +74,36 @@ def summary_of(case: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def case_commands(cases: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The commands that queue ``cases`` (each needs event_id and expected_loss)."""
+    if not cases:
+        return []
+    ranking = {c["event_id"]: float(c["expected_loss"]) for c in cases}
+    out: list[tuple[Any, ...]] = [
+        ("HSET", CASE_PREFIX + c["event_id"], "data", orjson.dumps(c)) for c in cases
+    ]
+    index: list[Any] = ["HSET", INDEX_KEY]
+    for c in cases:
+        index += [c["event_id"], orjson.dumps(summary_of(c))]
+    out.append(tuple(index))
+    zadd: list[Any] = ["ZADD", QUEUE_KEY]
+    for eid, loss in ranking.items():
+        zadd += [repr(loss), eid]
+    out.append(tuple(zadd))
+    out.append(("XADD", CHANGES_KEY, "MAXLEN", "~", CHANGES_MAXLEN, "*", "op", "add",
+                "ids", orjson.dumps(list(ranking))))  # fmt: skip
+    return out
+
+
 def add_cases(pipe: redis.client.Pipeline, cases: Sequence[dict[str, Any]]) -> None:
     """Queue cases on ``pipe`` (the caller executes it); each needs event_id and expected_loss."""
-    if not cases:
-        return
-    ranking = {c["event_id"]: float(c["expected_loss"]) for c in cases}
-    for c in cases:
-        pipe.hset(CASE_PREFIX + c["event_id"], "data", orjson.dumps(c))
-    pipe.hset(INDEX_KEY, mapping={c["event_id"]: orjson.dumps(summary_of(c)) for c in cases})
-    pipe.zadd(QUEUE_KEY, ranking)
-    pipe.xadd(
-        CHANGES_KEY, {"op": "add", "ids": orjson.dumps(list(ranking))},
-        maxlen=CHANGES_MAXLEN, approximate=True,
-    )  # fmt: skip
+    for cmd in case_commands(cases):
+        pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
 
 
 # -- recent history per card and merchant (every decision, written by the live service) --------
 
-_HISTORY = """
+HISTORY_SCRIPT = """
 local n, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local a = 3
 for i = 1, #KEYS do
@@ -105,16 +117,11 @@ return #KEYS
 """
 
 
-def record_history(
-    pipe: redis.client.Pipeline,
-    decisions: Sequence[Any],
-    records: Sequence[Mapping[str, Any]],
-    keep: int = HISTORY_LEN,
-) -> None:
-    """Append each decision to its card's and merchant's recent history (one script call,
-    one LPUSH per distinct card or merchant)."""
-    if not decisions:
-        return
+def history_call(
+    decisions: Sequence[Any], records: Sequence[Mapping[str, Any]], keep: int = HISTORY_LEN
+) -> tuple[list[str], list[bytes | int]]:
+    """KEYS and ARGV of the history script that appends each decision to its card's and
+    merchant's recent history (one LPUSH per distinct card or merchant)."""
     lists: dict[str, list[bytes]] = {}
     dumps = orjson.dumps
     for d, txn in zip(decisions, records, strict=True):
@@ -131,8 +138,22 @@ def record_history(
         kept = entries[-keep:]  # pushed in order: the newest ends up first
         args.append(len(kept))
         args.extend(kept)
-    script = pipe.register_script(_HISTORY)
-    script(keys=list(lists), args=args, client=pipe)
+    return list(lists), args
+
+
+def record_history(
+    pipe: redis.client.Pipeline,
+    decisions: Sequence[Any],
+    records: Sequence[Mapping[str, Any]],
+    keep: int = HISTORY_LEN,
+) -> None:
+    """Append each decision to its card's and merchant's recent history (one script call on
+    ``pipe``)."""
+    if not decisions:
+        return
+    keys, args = history_call(decisions, records, keep)
+    script = pipe.register_script(HISTORY_SCRIPT)
+    script(keys=keys, args=args, client=pipe)
 
 
 def history(client: redis.Redis, card_id: str, merchant_id: str) -> dict[str, list[Any]]:
