@@ -17,7 +17,7 @@ from mode import Service
 from agents.batching import batch_agent
 from engine.batch_consumer import BatchConsumer
 from engine.schemas import RawMessage
-from engine.worker_runtime import BatchAbandonedError, Runtime
+from engine.worker_runtime import BatchAbandonedError, Runtime, Started
 
 
 def register(rt: Runtime) -> None:
@@ -26,12 +26,17 @@ def register(rt: Runtime) -> None:
         batch_agent(rt, s.topic_transactions, rt.service.process_transactions, "score_transactions")
         return
     stopping = threading.Event()
+    service, topic = rt.service, s.topic_transactions
 
-    def process(msgs: Sequence[RawMessage]) -> None:
-        rt.process_sync(rt.service.process_transactions, msgs, s.topic_transactions, stopping)
+    def start(msgs: Sequence[RawMessage]) -> Started:
+        return rt.start_sync(service.start_transactions, msgs, topic)
+
+    def finish(started: Started) -> None:
+        rt.finish_sync(service.finish_transactions, service.process_transactions, started, topic,
+                       stopping)  # fmt: skip
 
     consumer = BatchConsumer(
-        s.kafka_bootstrap, s.scoring_group_id, s.topic_transactions, process,
+        s.kafka_bootstrap, s.scoring_group_id, topic, start, finish,
         batch_size=s.batch_size, fetch_max_wait_ms=s.fetch_max_wait_ms,
         **{"session.timeout.ms": int(s.broker_session_timeout_seconds * 1000)},
     )  # fmt: skip

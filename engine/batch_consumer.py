@@ -6,21 +6,26 @@ its own C threads and hands over thousands of messages per call. The Faust worke
 consumer (:class:`agents.transactions` starts and stops it as a Faust service, with the app's
 settings, web server and timers); only the per-message path bypasses Faust's streams.
 
-Guarantees, per batch, in this order (one thread: the next batch starts after the last one ended):
+Guarantees, per batch, in this order (one thread):
 
 1. **wait** for the first message (``idle``), then take whatever else librdkafka has already
    fetched, up to ``batch_size`` (``consume``): one event when traffic is light (no waiting for a
    batch to fill), thousands under load;
-2. **process** it through :meth:`engine.worker_runtime.Runtime.process_sync` (decode, features,
-   rules, models, emit, ``sink.flush()``): retried until it succeeds, dead-lettered if it keeps
-   failing on its data; nothing is committed before the outputs are flushed;
-3. **commit** the next offsets of the batch's partitions (asynchronously; a rebalance or stop
-   commits synchronously first). A crash between 2 and 3 redelivers the batch: the feature store
-   counts each ``event_id`` once, the decisions are re-emitted (at least once).
+2. **start** it (:meth:`engine.worker_runtime.Runtime.start_sync`: decode, send the feature
+   update to Redis) and only then **finish** the batch before it (score, emit, ``sink.flush()``,
+   Redis logs; retried until it succeeds, dead-lettered if it keeps failing on its data), so Redis
+   applies one batch while Python scores the other. While a batch is in flight the next one is
+   taken without waiting: at light load nothing waits for a second batch;
+3. **commit** the next offsets of a batch's partitions once it is finished (asynchronously; a
+   rebalance or stop finishes the batch in flight and commits synchronously first). Nothing is
+   committed before the batch's outputs are flushed. A crash between 2 and 3 redelivers the
+   batch: the feature store counts each ``event_id`` once, the decisions are re-emitted (at least
+   once, byte for byte from the decision memo).
 
 Rebalances run inside ``consume`` (librdkafka calls back on this thread), hence never in the
-middle of a batch; revoked partitions get their offsets committed before they go. Messages of a
-partition are processed in offset order.
+middle of a batch; revoked partitions get their batch in flight finished and their offsets
+committed before they go. Batches are started, finished and committed in offset order, and the
+feature updates reach Redis in that order too (one connection).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -37,6 +42,7 @@ from engine import metrics
 from engine.schemas import RawMessage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 #: librdkafka fetch settings. Tansu (the embedded broker) answers a fetch that finds nothing new
@@ -51,12 +57,15 @@ def fetch_config(max_wait_ms: int) -> dict[str, Any]:
 
 
 def to_raw_messages(msgs: Sequence[Any]) -> list[RawMessage]:
-    """confluent-kafka messages as :class:`RawMessage` (error events are left out)."""
+    """confluent-kafka messages as :class:`RawMessage` (error events are logged and left out)."""
     out: list[RawMessage] = []
     append = out.append
     now = time.time()
     for m in msgs:
-        if m.error() is not None:
+        error = m.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 - librdkafka's name
+                log.warning("consumer: %s", error)
             continue
         ts_type, ts = m.timestamp()
         append(RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset(),
@@ -64,11 +73,12 @@ def to_raw_messages(msgs: Sequence[Any]) -> list[RawMessage]:
     return out
 
 
-class BatchConsumer:
-    """Consume ``topic`` in a consumer group and hand adaptive batches to ``process``.
+class BatchConsumer(Generic[T]):
+    """Consume ``topic`` in a consumer group and hand adaptive batches to ``start``/``finish``.
 
-    ``process(messages)`` must return only once the batch's outputs are durable (it retries
-    internally); an exception from it stops the consumer without committing the batch.
+    ``start(messages)`` begins a batch and must not raise on its data; ``finish(started)`` must
+    return only once the batch's outputs are durable (it retries internally); an exception from
+    either stops the consumer without committing the batch.
     """
 
     def __init__(
@@ -76,14 +86,16 @@ class BatchConsumer:
         bootstrap: str,
         group_id: str,
         topic: str,
-        process: Callable[[Sequence[RawMessage]], None],
+        start: Callable[[Sequence[RawMessage]], T],
+        finish: Callable[[T], None],
         batch_size: int = 2000,
         poll_seconds: float = 0.1,
         fetch_max_wait_ms: int = 25,
         **config: Any,
     ) -> None:
         self.topic = topic
-        self.process = process
+        self.start = start
+        self.finish = finish
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.config = {
@@ -100,6 +112,7 @@ class BatchConsumer:
         self._done: dict[int, int] = {}  # partition -> next offset to read (processed, flushed)
         self._committed: dict[int, int] = {}
         self._consumer: Consumer | None = None
+        self._inflight: tuple[list[RawMessage], T] | None = None  # started, not finished
         self.batches = 0
         self.events = 0
 
@@ -117,6 +130,7 @@ class BatchConsumer:
         gone = {p.partition for p in parts}
         log.info("revoked %s", sorted(gone))
         metrics.ASSIGNED_PARTITIONS.dec(len(parts))
+        self._finish_inflight(consumer, commit=False)
         self._commit(consumer, gone, asynchronous=False)
         for p in gone:
             self._done.pop(p, None)
@@ -126,6 +140,7 @@ class BatchConsumer:
         # Another member may own them already: committing could move its offsets backwards.
         log.warning("lost %s without a clean revoke", sorted(p.partition for p in parts))
         metrics.ASSIGNED_PARTITIONS.dec(len(parts))
+        self._finish_inflight(consumer, commit=False)  # its outputs go out (at least once)
         for p in parts:
             self._done.pop(p.partition, None)
             self._committed.pop(p.partition, None)
@@ -152,6 +167,22 @@ class BatchConsumer:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def _finish_inflight(self, consumer: Consumer, commit: bool = True) -> None:
+        """Finish the batch in flight (if any), then mark its offsets done and commit them."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        msgs, started = inflight
+        self.finish(started)
+        t0 = time.perf_counter()
+        for m in msgs:
+            self._done[m.partition] = m.offset + 1
+        if commit:
+            self._commit(consumer, None, asynchronous=True)
+        metrics.STAGE_SECONDS.labels("commit").observe(time.perf_counter() - t0)
+        self.batches += 1
+        self.events += len(msgs)
+
     def run(self) -> None:
         """Consume until :meth:`stop`; runs on its own thread."""
         consumer = Consumer(self.config)
@@ -161,38 +192,38 @@ class BatchConsumer:
             on_lost=self._on_lost,
         )  # fmt: skip
         observe = metrics.STAGE_SECONDS.labels
-        idle, take, commit = observe("idle"), observe("consume"), observe("commit")
+        idle, take = observe("idle"), observe("consume")
+        clean = False
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
-                first = consumer.poll(self.poll_seconds)
-                t1 = time.perf_counter()
-                if first is None:
-                    idle.observe(t1 - t0)
-                    continue
-                error = first.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
-                        log.warning("consumer: %s", error)
-                    continue
-                rest = consumer.consume(self.batch_size - 1, 0) if self.batch_size > 1 else []
-                msgs = to_raw_messages([first, *rest])
+                if self._inflight is None:  # nothing to do: wait for the first message
+                    first = consumer.poll(self.poll_seconds)
+                    t1 = time.perf_counter()
+                    if first is None:
+                        idle.observe(t1 - t0)
+                        continue
+                    more = consumer.consume(self.batch_size - 1, 0) if self.batch_size > 1 else []
+                    got = [first, *more]
+                else:  # a batch is in flight: take what has arrived, never wait
+                    t1 = t0
+                    got = consumer.consume(self.batch_size, 0)
+                msgs = to_raw_messages(got)
                 t2 = time.perf_counter()
                 idle.observe(t1 - t0)
                 take.observe(t2 - t1)
-                if not msgs:
-                    continue
-                metrics.BATCH_EVENTS.observe(len(msgs))
-                self.process(msgs)
-                t3 = time.perf_counter()
-                for m in msgs:
-                    self._done[m.partition] = m.offset + 1
-                self._commit(consumer, None, asynchronous=True)
-                commit.observe(time.perf_counter() - t3)
-                self.batches += 1
-                self.events += len(msgs)
+                started = None
+                if msgs:
+                    metrics.BATCH_EVENTS.observe(len(msgs))
+                    started = (msgs, self.start(msgs))
+                self._finish_inflight(consumer)  # (a rebalance in consume may have done it)
+                self._inflight = started
+            self._finish_inflight(consumer)
+            clean = True
         finally:
             try:
+                if not clean:  # a batch in flight is not finished: not committed, redelivered
+                    self._inflight = None
                 self._commit(consumer, None, asynchronous=False)
             finally:
                 consumer.close()

@@ -105,6 +105,28 @@ class PendingFeatures:
         return np.hstack((self.windowed.result(), self.own))
 
 
+@dataclass
+class PendingScore:
+    """A batch whose feature update is on its way; ``result()`` reads it and scores the batch."""
+
+    pipeline: Pipeline
+    records: Sequence[dict[str, Any]]
+    features: PendingFeatures
+    submit_seconds: float
+
+    def result(self) -> ScoredBatch:
+        t0 = time.perf_counter()
+        x = self.features.result()
+        store = self.pipeline.features
+        redelivered = np.array(store.redelivered, dtype=bool)
+        timings = {"features": self.submit_seconds + time.perf_counter() - t0}
+        scored = self.pipeline.decide_batch(
+            self.records, x, self.pipeline.feature_names, timings
+        )
+        scored.redelivered = redelivered
+        return scored
+
+
 class Pipeline:
     """features → rules → champion model (+ online model, shadows) → policy, for a whole batch."""
 
@@ -136,11 +158,7 @@ class Pipeline:
         """Score validated records (as :func:`engine.schemas.decode_batch` produces them)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        n = len(records)
-        event_ids = [r["event_id"] for r in records]
-        ts_ms = np.fromiter((r["ts"] for r in records), dtype=np.int64, count=n)
-        amounts = np.fromiter((r["amount"] for r in records), dtype=np.float64, count=n)
-        entities = {f: [_text(r.get(f)) for r in records] for f in self.features.entity_fields}
+        event_ids, ts_ms, amounts, entities = self._inputs(records)
         x = np.hstack(
             (
                 self.features.update_batch(event_ids, ts_ms, amounts, entities),
@@ -148,11 +166,29 @@ class Pipeline:
             )
         )
         redelivered = np.array(self.features.redelivered, dtype=bool)
-        names = self.feature_names
         timings["features"] = time.perf_counter() - t0
-        scored = self.decide_batch(records, x, names, timings)
+        scored = self.decide_batch(records, x, self.feature_names, timings)
         scored.redelivered = redelivered
         return scored
+
+    def submit_batch(self, records: Sequence[dict[str, Any]]) -> PendingScore:
+        """:meth:`score_batch` in two halves: the feature update is sent now, scoring happens in
+        ``result()``. The live worker sends the next batch's update before it scores this one, so
+        Redis applies it while Python works (batches are applied in the order they are sent)."""
+        t0 = time.perf_counter()
+        pending = self.submit_features(*self._inputs(records))
+        return PendingScore(self, records, pending, time.perf_counter() - t0)
+
+    def _inputs(
+        self, records: Sequence[dict[str, Any]]
+    ) -> tuple[list[str], IntArray, FloatArray, dict[str, list[str]]]:
+        """The feature store's inputs, column by column."""
+        n = len(records)
+        event_ids = [r["event_id"] for r in records]
+        ts_ms = np.fromiter((r["ts"] for r in records), dtype=np.int64, count=n)
+        amounts = np.fromiter((r["amount"] for r in records), dtype=np.float64, count=n)
+        entities = {f: [_text(r.get(f)) for r in records] for f in self.features.entity_fields}
+        return event_ids, ts_ms, amounts, entities
 
     def submit_features(
         self,
@@ -210,26 +246,22 @@ class Pipeline:
         decisions: list[Decision] = []
         rule_set = rules.version
         decide = self.policy.decide
+        # columns as Python lists once (numpy scalars per event cost more than the loop)
+        score_list = np.asarray(scores, dtype=np.float64).tolist()
+        shadow_cols = [(v, np.asarray(a, dtype=np.float64).tolist()) for v, a in shadow.items()]
+        kind = "normal" if mode == "normal" else "degraded"
         for i, rec in enumerate(records):
-            score = float(scores[i])
+            score = score_list[i]
             decision, reasons = decide(score, hits[i])
             if mode != "normal":
                 reasons.append(mode)
             decisions.append(
                 Decision(
-                    event_id=event_ids[i],
-                    card_id=rec["card_id"],
-                    ts=int(rec["ts"]),
-                    amount=float(rec["amount"]),
-                    score=score,
-                    decision=decision,
-                    reasons=reasons,
-                    rule_set=rule_set,
-                    model=model_version,
-                    shadow={v: float(a[i]) for v, a in shadow.items()},
-                    mode="normal" if mode == "normal" else "degraded",
+                    event_ids[i], rec["card_id"], int(rec["ts"]), float(rec["amount"]), score,
+                    decision, reasons, rule_set, model_version,
+                    {v: col[i] for v, col in shadow_cols}, kind,
                 )
-            )
+            )  # fmt: skip
         t5 = time.perf_counter()
         timings["rules"] += t5 - t4  # the policy: rule actions and thresholds, per event
         if explain is not None:

@@ -36,6 +36,12 @@ class Policy:
         Hits arrive in rule priority order; the first block/allow rule decides. Otherwise the
         score is compared with the thresholds, and any review rule raises allow to review.
         """
+        if not hits:  # most events: thresholds only
+            if score >= self.block_threshold:
+                return BLOCK, [f"score>={self.block_threshold:g}"]
+            if score >= self.review_threshold:
+                return REVIEW, [f"score>={self.review_threshold:g}"]
+            return ALLOW, []
         reasons = [f"rule:{h.rule_id}" for h in hits]
         for h in hits:
             if h.action in (BLOCK, ALLOW):

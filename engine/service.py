@@ -21,7 +21,7 @@ import redis
 
 from engine import metrics
 from engine.drift import DriftTracker
-from engine.pipeline import Decision, Pipeline, ScoredBatch
+from engine.pipeline import Decision, PendingScore, Pipeline, ScoredBatch
 from engine.policy import REVIEW
 from engine.protocols import FloatArray
 from engine.review.store import HISTORY_SCRIPT, QUEUE_KEY, case_commands, history_call
@@ -102,6 +102,16 @@ class BatchReport:
 
 
 @dataclass
+class StartedBatch:
+    """A transactions batch decoded, its feature update sent (``scoring``; None if no record is
+    valid): what :meth:`ScoringService.finish_transactions` completes."""
+
+    decoded: Decoded
+    scoring: PendingScore | None
+    decode_seconds: float
+
+
+@dataclass
 class _Writes:
     """A batch's Redis writes on their way; ``pending_at``: the reply listing parked labels."""
 
@@ -162,16 +172,31 @@ class ScoringService:
     # -- transactions -------------------------------------------------------------------------
 
     def process_transactions(self, messages: Sequence[RawMessage]) -> BatchReport:
+        """Decode, score and emit one batch; returns once every output is durable."""
+        return self.finish_transactions(self.start_transactions(messages))
+
+    def start_transactions(self, messages: Sequence[RawMessage]) -> StartedBatch:
+        """The first half of :meth:`process_transactions`: decode, and send the feature update
+        (Redis applies it while the caller finishes the batch before). Nothing is emitted."""
         t0 = time.perf_counter()
         decoded = decode_batch(messages, TRANSACTION, self.settings.max_payload_bytes)
-        report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
         t1 = time.perf_counter()
+        pending = None
+        if decoded.records:
+            self._fault_injection(decoded.records, "decode")
+            pending = self.pipeline.submit_batch(decoded.records)
+        return StartedBatch(decoded, pending, t1 - t0)
+
+    def finish_transactions(self, started: StartedBatch) -> BatchReport:
+        """The second half: score, emit, flush, write the logs; raises if any of it failed (the
+        batch must then be processed again, from its messages)."""
+        decoded = started.decoded
+        report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
         scored: ScoredBatch | None = None
         records, arrived_at, dead = decoded.records, decoded.arrived_at, list(decoded.dead)
         answered: dict[int, bytes] = {}
-        if records:
-            self._fault_injection(records, "decode")
-            scored = self.pipeline.score_batch(records)
+        if started.scoring is not None:
+            scored = started.scoring.result()
             self._fault_injection(records, "score")
             if scored.redelivered.any():
                 scored, records, arrived_at, answered = self._redeliveries(
@@ -221,7 +246,7 @@ class ScoringService:
             metrics.observe_many(metrics.DECISION_LATENCY, report.latencies)
             report.stage_seconds.update(scored.stage_seconds)
         stages = report.stage_seconds
-        stages["decode"] = t1 - t0
+        stages["decode"] = started.decode_seconds
         stages["emit"] = t3 - t2 + t7 - t6
         stages["flush"] = t4 - t3
         stages["online"] = stages.get("online", 0.0) + (t5 - t4)

@@ -37,6 +37,14 @@ def to_raw(event: Any) -> RawMessage:
 
 
 @dataclass
+class Started:
+    """A batch begun by :meth:`Runtime.start_sync`; ``handle`` is None if it could not start."""
+
+    msgs: Sequence[RawMessage]
+    handle: Any
+
+
+@dataclass
 class Runtime:
     settings: Settings
     app: Any
@@ -137,6 +145,39 @@ class Runtime:
             metrics.BATCH_RETRIES.labels(topic).inc()
             if (stopping or threading.Event()).wait(self._backoff(attempt)):
                 raise BatchAbandonedError(topic)
+
+    def start_sync(
+        self, start: Callable[[Sequence[RawMessage]], Any], msgs: Sequence[RawMessage], topic: str
+    ) -> Started:
+        """Begin a batch with ``start`` (decode, send its feature update); a failure only means
+        :meth:`finish_sync` processes it from its messages instead."""
+        try:
+            return Started(msgs, self.locked(start, msgs))
+        except Exception as exc:
+            log.warning("batch of %d from %s could not start (%s); processed later", len(msgs),
+                        topic, exc)  # fmt: skip
+            return Started(msgs, None)
+
+    def finish_sync(
+        self,
+        finish: Callable[[Any], BatchReport],
+        process: Callable[[Sequence[RawMessage]], BatchReport],
+        started: Started,
+        topic: str,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """Complete a started batch with ``finish``; if it fails (or never started), process it
+        again from its messages under :meth:`process_sync`'s retries and dead letters. Returns
+        once its outputs are durable."""
+        if started.handle is not None:
+            try:
+                self.locked(finish, started.handle)
+                return
+            except Exception as exc:
+                log.warning("batch of %d from %s failed (%s); processing it again",
+                            len(started.msgs), topic, exc)  # fmt: skip
+                metrics.BATCH_RETRIES.labels(topic).inc()
+        self.process_sync(process, started.msgs, topic, stopping)
 
     def _dead_letter_sync(
         self, msgs: Sequence[RawMessage], detail: str, stopping: threading.Event | None

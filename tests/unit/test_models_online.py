@@ -74,6 +74,15 @@ def test_batch_and_row_paths_agree_including_nan(monkeypatch: pytest.MonkeyPatch
     assert np.isfinite(many).all()
 
 
+def test_array_path_equals_rivers_frame_path_bit_for_bit() -> None:
+    model = trained_model()
+    x, _ = make_data(300, 8)
+    x[::5, 2] = np.nan
+    x[:, 3] = 1.0  # a constant column: zero variance, left unscaled as River does
+    model.learn_batch(x[:100], [bool(i % 9 == 0) for i in range(100)])
+    assert np.array_equal(model._proba_many(x), model._proba_many_river(x))
+
+
 def test_nan_never_poisons_learning() -> None:
     model = trained_model()
     x, y = make_data(50, 7)
