@@ -7,6 +7,8 @@ flushed). A failing batch is retried, never acked silently.
 
 from __future__ import annotations
 
+from mode import Service
+
 from agents.account_events import register as register_events
 from agents.labels import register as register_labels
 from agents.timers import register as register_timers
@@ -20,3 +22,11 @@ def register(runtime: Runtime) -> None:
     register_events(runtime)
     register_labels(runtime)
     register_timers(runtime)
+
+    class Stopping(Service):
+        """Tells batches still retrying that the worker stops (they give up, uncommitted)."""
+
+        async def on_stop(self) -> None:
+            runtime.stopping.set()
+
+    runtime.app.service(Stopping)

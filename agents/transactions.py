@@ -25,7 +25,7 @@ def register(rt: Runtime) -> None:
     if s.consumer == "agent":
         batch_agent(rt, s.topic_transactions, rt.service.process_transactions, "score_transactions")
         return
-    stopping = threading.Event()
+    stopping = rt.stopping
     service, topic = rt.service, s.topic_transactions
 
     def start(msgs: Sequence[RawMessage]) -> Started:

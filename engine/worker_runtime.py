@@ -51,6 +51,8 @@ class Runtime:
     service: ScoringService
     max_attempts: int = 5
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Set when the worker stops: a batch still failing is then abandoned (not committed).
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def locked(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call ``fn`` holding the worker's lock: one batch at a time (River is not thread-safe)."""
@@ -76,40 +78,16 @@ class Runtime:
     async def run_batch(
         self, fn: Callable[[Sequence[RawMessage]], BatchReport], events: Sequence[Any], topic: str
     ) -> None:
-        """Process a batch until it succeeds; only then may Faust ack it.
+        """Process a Faust agent's batch until it succeeds; only then may Faust ack it.
 
-        Transient errors (Redis or Kafka unreachable) are retried forever with backoff. Any
-        other error is retried ``max_attempts`` times, then the batch is split in halves, each
-        processed (and split again) on its own, so that only the message that fails alone goes
-        to the dead-letter topic with reason ``processing_error``; its batch-mates are decided.
+        The same policy as the batch consumer's (:meth:`process_sync`, in a thread); when the
+        worker stops while the batch is still failing, the agent is cancelled: nothing is acked.
         """
-        await self._run_msgs(fn, [to_raw(e) for e in events], topic, self.max_attempts)
-
-    async def _run_msgs(
-        self,
-        fn: Callable[[Sequence[RawMessage]], BatchReport],
-        msgs: list[RawMessage],
-        topic: str,
-        max_attempts: int,
-    ) -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await asyncio.to_thread(self.locked, fn, msgs)
-                return
-            except Exception as exc:
-                detail = self._failed(exc, len(msgs), topic, attempt, max_attempts)
-                if detail is not None:
-                    if len(msgs) > 1:  # isolate the poison: halves, in order, 2 attempts each
-                        mid = len(msgs) // 2
-                        await self._run_msgs(fn, msgs[:mid], topic, 2)
-                        await self._run_msgs(fn, msgs[mid:], topic, 2)
-                        return
-                    await self._dead_letter(msgs, detail)
-                    return
-            metrics.BATCH_RETRIES.labels(topic).inc()
-            await asyncio.sleep(self._backoff(attempt))
+        msgs = [to_raw(e) for e in events]
+        try:
+            await asyncio.to_thread(self.process_sync, fn, msgs, topic, self.stopping)
+        except BatchAbandonedError:
+            raise asyncio.CancelledError from None
 
     def process_sync(
         self,
@@ -119,8 +97,12 @@ class Runtime:
         stopping: threading.Event | None = None,
         max_attempts: int | None = None,
     ) -> None:
-        """:meth:`run_batch` for a consumer thread (same retries, same poison isolation, same
-        dead letters).
+        """Process a batch until it succeeds (the one retry policy of every consumer).
+
+        Transient errors (Redis or Kafka unreachable) are retried forever with backoff. Any
+        other error is retried ``max_attempts`` times, then the batch is split in halves, each
+        processed (and split again) on its own, so that only the message that fails alone goes
+        to the dead-letter topic with reason ``processing_error``; its batch-mates are decided.
 
         Raises :class:`BatchAbandonedError` when ``stopping`` is set while retrying: the worker
         is going down, the batch is not committed and will be redelivered.
@@ -190,12 +172,3 @@ class Runtime:
                 log.exception("could not write %d messages to dead-letter; retrying", len(msgs))
             if (stopping or threading.Event()).wait(2.0):
                 raise BatchAbandonedError(msgs[0].topic if msgs else "?")
-
-    async def _dead_letter(self, msgs: Sequence[RawMessage], detail: str) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.service.dead_letter_all, msgs, detail)
-                return
-            except Exception:
-                log.exception("could not write %d messages to dead-letter; retrying", len(msgs))
-                await asyncio.sleep(2.0)
