@@ -41,13 +41,18 @@ test-tools: ## Debian tools the tests use: prometheus + promtool, prometheus-ale
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) \
 	  >/dev/null 2>&1 || echo "warning: chromium could not be installed; the browser test is skipped"; }
 
+# Four pytest-xdist workers, each with its own Valkey + Tansu on free ports (tests/conftest.py);
+# --dist loadscope keeps a module on one worker, so its module-scoped fixtures (a trained model,
+# a crashed-worker run) are built once. The e2e tests mostly wait on the broker: 4 > 2 cores pays.
+TEST_WORKERS ?= 4
+
 .PHONY: test
-test: setup test-tools ## Unit, integration (real Valkey + Tansu) and end-to-end tests
-	$(BIN)/pytest -q
+test: setup test-tools ## Unit, integration (real Valkey + Tansu) and end-to-end tests, in parallel
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 .PHONY: test-fast
 test-fast: setup ## Unit tests only
-	$(BIN)/pytest -q -m "not integration and not e2e"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not integration and not e2e"
 
 .PHONY: faults
 faults: setup ## Fault suite (worker SIGKILL, Valkey/broker restarts, slow Redis, poison): table

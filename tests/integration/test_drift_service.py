@@ -35,7 +35,7 @@ from tests.drift_support import (
     write_world,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPEC = ROOT / "tests" / "drift_spec.yaml"
 

@@ -25,7 +25,7 @@ from replay.training import (
     train_from_history,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def quiet(_: str) -> None:
