@@ -22,8 +22,10 @@ Scenarios (``riskstream faults``, ``make faults``; ``--reduced`` is what CI runs
 ``redis_restart_aof``  Valkey SIGKILLed and restarted with its append-only file;
 ``redis_restart_memory``  Valkey (memory only) SIGKILLed; the documented warm-up: stop the
     workers, restart Valkey, ``riskstream features rebuild`` from the transactions topic, start;
-``broker_outage``  Tansu stopped for 30 s and restarted (memory storage: topics come back empty);
-``slow_redis``  ``CLIENT PAUSE 2000``: latency rises, the latency histogram shows it;
+``broker_outage``  Tansu stopped for 30 s and restarted (memory storage: topics come back empty;
+    what it had acknowledged and not handed on is counted apart, ``lost_with_broker``);
+``slow_redis``  ``CLIENT PAUSE 2000 ALL`` while decisions flow: the worker's latency histogram
+    shows decisions over the objective and over 1 s; recovery = back within the objective;
 ``poison``  a transaction that makes the scoring stage raise (fault injection through
     ``RISKSTREAM_FAULT_POISON_PREFIX``): dead-lettered after the retry budget, alone.
 """
