@@ -211,7 +211,7 @@ class FuzzResult:
     rss_mb_end: float = 0.0
     #: (outputs read so far, worker RSS in MB), every tenth of the run
     rss_series: list[tuple[int, float]] = field(default_factory=list)
-    rss_growth_mb: float = 0.0  # end - warm
+    rss_growth_mb: float = 0.0  # highest RSS from the warm-up on - warm
     #: growth after the warm-up within RSS_GROWTH_BOUND_MB; None when the run is too short for
     #: its event time to pass the longest retention (the windows are still filling)
     memory_flat: bool | None = None
@@ -330,7 +330,10 @@ def run_fuzz(
         finally:
             consumer.close()
         res.rss_mb_end = round(_rss_mb(pid), 1)
-        res.rss_growth_mb = round(res.rss_mb_end - res.rss_mb_warm, 1)
+        # the highest sample from the warm-up on, not just the end (an idle worker's RSS may
+        # drop at the end: one run ended at 517.7 MB after a peak of 583.0)
+        after = [mb for out_, mb in res.rss_series if out_ >= warm_at] + [res.rss_mb_end]
+        res.rss_growth_mb = round(max(after) - res.rss_mb_warm, 1)
         if n * TS_STEP_MS * (1 - WARM_SHARE) >= FLAT_SPAN_MS and res.rss_mb_warm:
             res.memory_flat = res.rss_growth_mb <= RSS_GROWTH_BOUND_MB
         res.seconds = round(time.monotonic() - t_start, 1)
