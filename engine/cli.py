@@ -255,13 +255,15 @@ def faults(
     wide = Console(width=max(console.width, 150))
     results = run_suite(out, reduced, [x for x in only.split(",") if x] or None, wide.print)
     table = Table("scenario", "events in", "decisions", "dead letters", "duplicates",
-                  "differing", "lost", "features ok", "recovery s", "ok")  # fmt: skip
+                  "differing", "lost", "features ok", "recovery s", "> 1 s", "ok")  # fmt: skip
     for r in results:
         table.add_row(r.scenario, f"{r.events_in:,}", f"{r.decisions:,}", f"{r.dead_letters:,}",
-                      f"{r.duplicates:,}", f"{r.differing:,}", f"{r.lost:,}",
+                      f"{r.duplicates:,}", f"{r.differing:,}",
+                      f"{r.lost:,}" + (f" ({r.lost_with_broker:,} in the stopped broker)"
+                                       if r.lost_with_broker else ""),
                       f"{r.features_checked - r.features_mismatched:,}/{r.features_checked:,}",
                       ", ".join(f"{x:.1f}" for x in r.recovery_seconds) or "-",
-                      str(r.ok))  # fmt: skip
+                      f"{r.latency_over_1s:,}", str(r.ok))  # fmt: skip
     wide.print(table)
     for r in results:
         if r.notes:

@@ -13,7 +13,9 @@ go to a real Tansu topic; one real worker process reads them. Afterwards:
   decision); ``dead letters + decisions == messages``;
 * no raw card number in any topic (``scores``, ``dead-letter``, ``review-queue``), in the
   worker's log or in its ``/metrics``: every planted number, in every form, is searched for;
-* memory flat: the worker's RSS after a warm-up share of the run and at the end.
+* memory flat: the worker's RSS every tenth of the run; after the warm-up (``WARM_SHARE`` of the
+  outputs, when the windowed state has its steady size) it may grow by ``RSS_GROWTH_BOUND_MB``
+  at most. A run too short to pass the longest retention gives no verdict.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +39,25 @@ from engine.worker_process import WorkerProcess, metric_value
 from replay.kafka_io import fresh_topic_env, produce_mixed
 
 T0 = 1_767_225_600_000  # 2026-01-01
+#: Event time between two messages: 1,000,000 messages span 231 days, six times the feature
+#: store's longest retention (37 days), so its windowed state (records the windows can still
+#: see, per card, merchant, device, IP) reaches its steady size in the first sixth of the run and
+#: what the worker holds afterwards is flat unless something leaks. (At 7 ms a message, as
+#: before, 1,000,000 messages were 2 hours of event time: no record ever left a window and the
+#: worker's copy of the live state grew with every valid transaction, 484 -> 605 MB.)
+TS_STEP_MS = 20_000
+#: Share of the outputs after which the windowed state is at its steady size: the store lets a
+#: bucket grow to (1 + compact_growth) = 3 times its live records before it compacts it, so the
+#: copy is full only after about three retentions of event time (111 of 231 days). RSS growth is
+#: judged from there. (At 0.3, one 1M run grew 33.7 MB from 30 % to the end: 31 MB of it between
+#: 30 and 50 %, then 2.2 MB.)
+WARM_SHARE = 0.5
+#: RSS growth allowed after the warm-up (MB): allocator slack, librdkafka buffers, the entity
+#: index of values seen once (bounded by the store's cache_max_values).
+RSS_GROWTH_BOUND_MB = 32.0
+#: The event time the run must span after its warm-up for a flatness verdict (the longest
+#: retention again: the state has been both filled and renewed once).
+FLAT_SPAN_MS = 37 * 86_400_000
 
 
 def _pan(rng: random.Random, length: int) -> str:
@@ -62,15 +83,17 @@ class Generator:
         self.rng = random.Random(seed)
         self.pans = [_pan(self.rng, self.rng.choice([13, 15, 16, 16, 16, 19])) for _ in range(pans)]
         self.n = 0
-        self.valid_ids: list[str] = []
+        self.valid_ids: deque[tuple[str, int]] = deque(maxlen=100)  # (event id, ts), recent
         self.kinds: Counter[str] = Counter()
 
     def _tx(self) -> dict[str, Any]:
         r = self.rng
         self.n += 1
+        card = r.randrange(5000)
         return {
-            "event_id": f"fz-{self.n}", "ts": T0 + self.n * 7 + r.randrange(1000),
-            "card_id": f"tok_{r.randrange(5000)}", "merchant_id": f"m{r.randrange(300)}",
+            "event_id": f"fz-{self.n}", "ts": T0 + self.n * TS_STEP_MS + r.randrange(1000),
+            # each card shops at 5 merchants of 300 (card x merchant pairs stay bounded)
+            "card_id": f"tok_{card}", "merchant_id": f"m{(card * 7 + r.randrange(5)) % 300}",
             "amount": round(r.uniform(0, 900), 2), "currency": r.choice(["EUR", "USD", "JPY"]),
             "channel": r.choice(["ecom", "pos"]), "device_id": f"d{r.randrange(9000)}",
             "ip": f"10.0.{r.randrange(250)}.{r.randrange(250)}", "country": "FR",
@@ -103,11 +126,11 @@ class Generator:
             if kind == "refund":
                 tx["amount"] = -tx["amount"] - 1
             else:
-                self.valid_ids.append(tx["event_id"])
+                self.valid_ids.append((tx["event_id"], tx["ts"]))
             return kind, orjson.dumps(tx)
-        if kind == "duplicate" and self.valid_ids:
-            back = self.valid_ids[-r.randrange(1, min(len(self.valid_ids), 3000) + 1)]
-            return kind, orjson.dumps({**tx, "event_id": back})
+        if kind == "duplicate" and self.valid_ids:  # a recent event's id and time, other fields
+            back, ts = self.valid_ids[-r.randrange(1, len(self.valid_ids) + 1)]
+            return kind, orjson.dumps({**tx, "event_id": back, "ts": ts})
         if kind == "random_bytes":
             return kind, r.randbytes(r.randrange(0, 600))
         if kind == "truncated":
@@ -184,15 +207,22 @@ class FuzzResult:
     batch_failures: int = 0
     pan_leaks: int = 0
     pan_leak_where: list[str] = field(default_factory=list)
-    rss_mb_warm: float = 0.0
+    rss_mb_warm: float = 0.0  # after WARM_SHARE of the outputs
     rss_mb_end: float = 0.0
+    #: (outputs read so far, worker RSS in MB), every tenth of the run
+    rss_series: list[tuple[int, float]] = field(default_factory=list)
+    rss_growth_mb: float = 0.0  # highest RSS from the warm-up on - warm
+    #: growth after the warm-up within RSS_GROWTH_BOUND_MB; None when the run is too short for
+    #: its event time to pass the longest retention (the windows are still filling)
+    memory_flat: bool | None = None
     seconds: float = 0.0
     messages_per_second: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not (self.unaccounted or self.offsets_dead_twice or self.crashes
-                    or self.batch_failures or self.pan_leaks)  # fmt: skip
+                    or self.batch_failures or self.pan_leaks
+                    or self.memory_flat is False)  # fmt: skip
 
 
 def _rss_mb(pid: int) -> float:
@@ -253,11 +283,17 @@ def run_fuzz(
         dead_seen = np.zeros(n, dtype=np.uint8)
         decided: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
+        # a long fetch wait: Tansu answers a fetch empty once the wait passes, and reading a
+        # partition of ~500,000 dead letters took longer than the default 500 ms under load
+        # (one 1M run's reader got nothing after 692,000 outputs while the worker had finished)
         consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "fz-read",
-                             "enable.auto.commit": False})  # fmt: skip
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 5000,
+                             "fetch.error.backoff.ms": 10})  # fmt: skip
         consumer.assign([TopicPartition(topics[f"RISKSTREAM_TOPIC_{k}"], 0, OFFSET_BEGINNING)
                          for k in ("SCORES", "DEAD_LETTER", "REVIEW")])  # fmt: skip
-        warm_at = n // 10
+        warm_at = int(n * WARM_SHARE)
+        every = max(1, n // 10)
+        next_sample = every
         idle_since = time.monotonic()
         total = 0
         try:
@@ -287,11 +323,19 @@ def run_fuzz(
                 if not res.rss_mb_warm and total >= warm_at:
                     res.rss_mb_warm = round(_rss_mb(pid), 1)
                     log(f"  warm: {total:,} outputs, worker RSS {res.rss_mb_warm} MB")
-                if total and total % rate_log < len(msgs):
-                    log(f"  {total:,} outputs")
+                if total >= next_sample:
+                    res.rss_series.append((total, round(_rss_mb(pid), 1)))
+                    log(f"  {total:,} outputs, worker RSS {res.rss_series[-1][1]} MB")
+                    next_sample += every
         finally:
             consumer.close()
         res.rss_mb_end = round(_rss_mb(pid), 1)
+        # the highest sample from the warm-up on, not just the end (an idle worker's RSS may
+        # drop at the end: one run ended at 517.7 MB after a peak of 583.0)
+        after = [mb for out_, mb in res.rss_series if out_ >= warm_at] + [res.rss_mb_end]
+        res.rss_growth_mb = round(max(after) - res.rss_mb_warm, 1)
+        if n * TS_STEP_MS * (1 - WARM_SHARE) >= FLAT_SPAN_MS and res.rss_mb_warm:
+            res.memory_flat = res.rss_growth_mb <= RSS_GROWTH_BOUND_MB
         res.seconds = round(time.monotonic() - t_start, 1)
         res.messages_per_second = round(n / res.seconds, 1)
         res.crashes = 0 if worker.alive() else 1

@@ -33,10 +33,12 @@ def test_reduced_fault_suite(tmp_path: Path) -> None:
     assert kill.features_mismatched == 0, kill.row()
     assert kill.recovery_seconds and all(s < 120 for s in kill.recovery_seconds)
     assert poison.dead_letters == poison.events_in // 500  # the poisons alone
-    # Open (issue 14): with the batch consumer, a 2 s CLIENT PAUSE is not seen in the latency
-    # histogram and no decision is timed after the pause (on the Faust-agent path it was); the
-    # scenario still proves nothing is lost, late or counted twice while Redis is paused.
-    assert "decisions slower than 1 s" in slow.notes
+    # a 2 s CLIENT PAUSE while decisions flow: the worker's latency histogram (what the latency
+    # alert reads) shows decisions slower than 1 s, the slowest waited about the pause, and
+    # decisions are within the 250 ms objective again soon after the pause ended
+    assert slow.latency_over_1s > 0 and slow.latency_over_objective >= slow.latency_over_1s
+    assert slow.max_latency_seconds > 1.0, slow.row()
+    assert len(slow.recovery_seconds) == 1 and slow.recovery_seconds[0] < 30, slow.row()
 
 
 def test_small_fuzz_run(tmp_path: Path) -> None:
