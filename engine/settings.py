@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         return f"{self.app_id}-scoring"
 
     @property
+    def transactions_group_id(self) -> str:
+        """The group whose committed offsets say which transactions were applied."""
+        return self.scoring_group_id if self.consumer == "batch" else self.app_id
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
