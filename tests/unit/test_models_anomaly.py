@@ -117,11 +117,14 @@ def test_per_event_cost_fits_the_hot_path() -> None:
     m.warm_up()
     x = normal_rows(1000, 4)
     m.score_batch(x)
-    t0 = time.perf_counter()
+    # CPU time of this process (all its threads), not wall time: the cost per event, without the
+    # time spent waiting for a core that parallel tests and other jobs hold (wall time read 83 us
+    # per learned event at load average 10, CPU time stays what the model costs)
+    t0 = time.process_time()
     for _ in range(5):
         m.score_batch(x)
-    score_us = (time.perf_counter() - t0) / 5000 * 1e6
-    t0 = time.perf_counter()
+    score_us = (time.process_time() - t0) / 5000 * 1e6
+    t0 = time.process_time()
     m.learn_batch(normal_rows(20_000, 6))
-    learn_us = (time.perf_counter() - t0) / 20_000 * 1e6
+    learn_us = (time.process_time() - t0) / 20_000 * 1e6
     assert score_us < 20 and learn_us < 30, (score_us, learn_us)  # generous: shared CI machines
