@@ -113,10 +113,10 @@ class StartedBatch:
 
 @dataclass
 class _Writes:
-    """A batch's Redis writes on their way; ``pending_at``: the reply listing parked labels."""
+    """A batch's Redis writes still on their way, and the labels parked for its events."""
 
     sent: resp.Sent
-    pending_at: int | None
+    parked: list[bytes | None]
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -328,10 +328,16 @@ class ScoringService:
         report: BatchReport,
         answered: dict[int, bytes],
     ) -> _Writes:
-        """Send every decision (a redelivery answered from its memo: ``answered``, row -> the
-        bytes first sent), queue new review cases, and send the feature log, the decision memo
-        and the history in one Redis round trip, whose replies :meth:`_writes_done` reads (after
-        the sink's flush: Redis and the broker work at the same time)."""
+        """Remember every decision, then send it (a redelivery answered from its memo:
+        ``answered``, row -> the bytes first sent).
+
+        The feature log, the decision memos and the new review cases are confirmed by Redis
+        *before* the first decision is produced: librdkafka delivers in the background as soon as
+        ``send`` is called, so a worker killed after a decision left and before its memo was
+        written would answer the redelivery with a second, different decision (same features,
+        another ``scored_at``; the fault suite's SIGKILL scenario saw it). The history and the
+        queue depth go in a second round trip whose replies :meth:`_writes_done` reads after the
+        sink's flush (Redis and the broker work at the same time)."""
         s = self.settings
         send = self.sink.send
         dumps = orjson.dumps
@@ -349,7 +355,6 @@ class ScoringService:
                 d.latency_ms = (now - arrived_at[i]) * 1000.0
                 out = dumps(d)  # the dataclass is the scores record
             sent.append(out)
-            send(topic, d.card_id.encode(), out)
         # a redelivery answered from its memo has its case, counts and logs already
         fresh = [i for i in range(len(decisions)) if i not in answered] if answered else None
         new = decisions if fresh is None else [decisions[i] for i in fresh]
@@ -363,27 +368,35 @@ class ScoringService:
                 # A case a rule raised is at least as likely as one at the review threshold,
                 # so rules-only cases (score 0 in degraded mode) still rank by amount.
                 p_fraud = max(d.score, s.review_threshold)
-                case = {
+                cases.append({
                     **d.to_record(),
                     "expected_loss": p_fraud * d.amount,
                     "merchant_id": txn.get("merchant_id"),
                     "transaction": txn,
                     "features": dict(zip(scored.feature_names, x[i].tolist(), strict=True)),
-                }
-                cases.append(case)
-                send(review_topic, d.card_id.encode(), dumps(case))
-        payload: list[bytes] = []
+                })  # fmt: skip
+        remember: list[bytes] = []
         if live and new:
             rows = x if fresh is None else x[fresh]
             memos = sent if fresh is None else [sent[i] for i in fresh]
             logged = [dumps(_score_record(d)) for d in new]
-            payload += self._log_commands(new, rows, logged, memos)
-            # the case page's card and merchant history
+            remember += self._log_commands(new, rows, logged, memos)
+        remember += [resp.command(*c) for c in case_commands(cases)]
+        parked: list[bytes | None] = []
+        if remember:
+            replies = resp.Sent(self.redis, remember, len(remember)).replies()
+            if live and new:
+                parked = replies[3 if self._has_msetex() else 0]
+        for d, out in zip(decisions, sent, strict=True):
+            send(topic, d.card_id.encode(), out)
+        for case in cases:
+            send(review_topic, case["card_id"].encode(), dumps(case))
+        rest: list[bytes] = []
+        if live and new:  # the case page's card and merchant history
             txns = records if fresh is None else [records[i] for i in fresh]
             keys, args = history_call(new, txns)
-            payload.append(resp.command("EVAL", HISTORY_SCRIPT, len(keys), *keys, *args))
-        payload += [resp.command(*c) for c in case_commands(cases)]
-        payload.append(resp.command("ZCARD", QUEUE_KEY))
+            rest.append(resp.command("EVAL", HISTORY_SCRIPT, len(keys), *keys, *args))
+        rest.append(resp.command("ZCARD", QUEUE_KEY))
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
         degraded = [d for d in new if d.mode != "normal"]
@@ -391,8 +404,7 @@ class ScoringService:
             reason = degraded[0].reasons[-1].split(":", 1)[-1]
             metrics.DEGRADED_DECISIONS.labels(reason).inc(len(degraded))
         report.decisions = dict(counts)
-        pending_at = (3 if self._has_msetex() else 0) if live and new else None
-        return _Writes(resp.Sent(self.redis, payload, len(payload)), pending_at)
+        return _Writes(resp.Sent(self.redis, rest, len(rest)), parked)
 
     def _has_msetex(self) -> bool:
         if self._msetex is None:
@@ -435,9 +447,8 @@ class ScoringService:
         """Wait for a batch's Redis writes; apply the labels that were waiting for its events."""
         replies = writes.sent.replies()
         metrics.REVIEW_QUEUE_DEPTH.set(replies[-1])
-        if writes.pending_at is not None:
-            found = replies[writes.pending_at]
-            self._apply_pending([orjson.loads(v) for v in found if v is not None], report)
+        if writes.parked:
+            self._apply_pending([orjson.loads(v) for v in writes.parked if v is not None], report)
 
     def _apply_pending(self, labels: list[dict[str, Any]], report: BatchReport) -> None:
         """Labels that had arrived before these transactions were scored, applied now."""

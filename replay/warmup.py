@@ -36,7 +36,8 @@ def rebuild_from_topic(env: Mapping[str, str] | None = None, batch_size: int = 1
                            if k.startswith("RISKSTREAM_")})  # type: ignore[arg-type]  # fmt: skip
     service = build_service(settings, sink=NullSink(), live=True)
     topic = settings.topic_transactions
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.transactions_group_id,
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                       "group.id": settings.transactions_group_id,
                        "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
     done = 0
     try:
