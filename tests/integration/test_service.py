@@ -101,6 +101,33 @@ def test_redelivered_batch_is_scored_again_but_never_counted_twice(
     assert again.scored.features[0, col] == 6  # 5 earlier + itself, redeliveries not counted
 
 
+class KilledAfterFirstDecision(MemorySink):
+    """A worker killed as soon as its first decision left: librdkafka sends in the background
+    from the moment a message is produced, so a decision can reach ``scores`` mid-emit."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        super().send(topic, key, value)
+        if topic == "scores":
+            msg = "SIGKILL"
+            raise RuntimeError(msg)
+
+
+def test_a_decision_that_left_before_a_crash_is_repeated_byte_for_byte(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    recs = [txn(i, amount=6000.0 if i == 0 else 10.0 + i) for i in range(20)]
+    crashed = build_service(settings, sink=KilledAfterFirstDecision(), client=redis_client)
+    with pytest.raises(RuntimeError, match="SIGKILL"):
+        crashed.process_transactions(raw(recs))
+    [(_, first)] = crashed.sink.records["scores"]  # type: ignore[union-attr]
+    restarted = build_service(settings, sink=MemorySink(), client=redis_client)
+    restarted.process_transactions(raw(recs))  # Kafka redelivers the uncommitted batch
+    again = sink_of(restarted).values("scores")
+    assert again[0] == first  # the memo was written before the decision was produced
+    assert [orjson.loads(v)["event_id"] for v in again] == [r["event_id"] for r in recs]
+    assert redis_client.zcard(QUEUE_KEY) == 1  # the rule-raised case, queued once
+
+
 def test_labels_are_learned_once_from_the_features_recorded_at_scoring(
     service: ScoringService,
 ) -> None:
