@@ -573,7 +573,8 @@ def _account(
 
 
 def scenarios(reduced: bool) -> list[Scenario]:
-    """The suite; ``reduced`` (CI): one SIGKILL, the poison, a slow Redis, fewer events."""
+    """The suite; ``reduced`` (CI): one SIGKILL, the poison, a slow Redis, a memory-only Valkey
+    restart with its warm-up, fewer events."""
     n = 1500 if reduced else 4000
     # The group gives a dead worker's partition away after the session timeout, and Tansu
     # answers the new join after half of it: recovery is about 1.5 times the timeout. CI uses
@@ -588,12 +589,14 @@ def scenarios(reduced: bool) -> list[Scenario]:
                  extra_env={"RISKSTREAM_FAULT_POISON_PREFIX": POISON_PREFIX,
                             "RISKSTREAM_FAULT_POISON_STAGE": "decode"}),
         Scenario("slow_redis", _slow_redis(2000), events=n // 2, rate=100),
+        # the documented warm-up (rebuild-features) after a memory-only Valkey lost its state
+        Scenario("redis_restart_memory", _redis_restart_memory, events=n, rate=100,
+                 extra_env=session if reduced else {}),
     ]  # fmt: skip
     if not reduced:
         out += [
             Scenario("redis_restart_aof", _redis_restart, events=n, rate=100,
                      redis_persistence=True),
-            Scenario("redis_restart_memory", _redis_restart_memory, events=n, rate=100),
             Scenario("broker_outage_30s", _broker_outage(30), events=n, rate=50),
             # a stage that raises after the batch's features were counted: its batch-mates are
             # scored again from a state that also counts the events after them (known gap)
