@@ -81,7 +81,9 @@ def build_service(
     champion = None
     if use_registry:
         try:
-            champion = ModelRegistry(settings.models_dir).load_champion(settings.model_threads)
+            champion = ModelRegistry(settings.models_dir).load_champion(
+                settings.model_threads, settings.explain_threads
+            )
         except Exception:
             log.exception("champion model unreadable; deciding with rules only until a good one")
     online = online_model(settings.checkpoints_dir / "online.pkl", names)

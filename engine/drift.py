@@ -10,7 +10,10 @@ partitions; cards are spread over partitions by key, so each window is a random 
 traffic); alert rules take ``max by (feature)`` over workers. The hourly counts in Redis
 (``rs:drift:hist:<model>:<hour>``, a hash of ``<column>|<bin>`` -> count) are added with
 ``HINCRBY`` by every worker, so they are the exact total over all workers: that is what
-``riskstream drift report --since`` reads.
+``riskstream drift report --since`` reads. They are written by the tracker's own thread, never
+by the scoring thread: a worker catching up on a backlog (or a replay) closes hundreds of
+event-time hours in one flush, and their scripts kept Redis busy for ~0.9 s, a stall every
+``log_seconds`` that was the whole p99.9 of ``make bench``'s latency run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +127,10 @@ class DriftTracker:
         self.monitor = DriftMonitor(DriftReference([]), window, min_rows, lateness_ms)
         self._names: list[str] = []
         self._cols: list[int] = []
+        # hourly counts Redis has not taken yet, of one model version; the writer thread's alone
         self._pending: dict[int, HourCounts] = {}
         self._pending_version = ""
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="drift-counts")
         self._flushed_at = time.monotonic()
         self._reported = dict.fromkeys(DETECTORS, 0)
         self._last_hour: int | None = None
@@ -156,12 +162,11 @@ class DriftTracker:
         )
         self._export()
         if time.monotonic() - self._flushed_at >= self.log_seconds:
-            self.flush()
+            self._hand_over()
 
     def _switch(self, version: str, names: Sequence[str]) -> None:
         """A new champion (or feature layout): its reference, fresh windows, fresh gauges."""
-        self.flush()
-        self._pending = {}  # counts Redis did not take are binned on the old grid: dropped
+        self._hand_over()
         reference = load_reference(self.models_dir, version, names)
         pos = {n: i for i, n in enumerate(names)}
         self._cols = [pos[n] for n in reference.feature_names]
@@ -171,7 +176,6 @@ class DriftTracker:
         self._reported = dict.fromkeys(DETECTORS, 0)
         self._last_hour = None
         self._gauges = {}
-        self._pending_version = version
         for gauge in (metrics.FEATURE_PSI, metrics.FEATURE_KS, metrics.FEATURE_MISSING_RATIO,
                       metrics.SCORE_PSI, metrics.SCORE_KS):  # fmt: skip
             gauge.clear()
@@ -234,11 +238,23 @@ class DriftTracker:
             log.exception("drift statistics failed for a label batch")
 
     # -- hourly counts in Redis --------------------------------------------------------------
-    def flush(self) -> None:
-        """Add the hourly counts gathered since the last flush to Redis; kept for the next try
-        if Redis is unreachable."""
+    def _hand_over(self) -> Future[None]:
+        """Give the hours counted since the last hand-over to the writer thread (in order)."""
         self._flushed_at = time.monotonic()
-        for hc in self.monitor.drain_hours():
+        hours = self.monitor.drain_hours()
+        return self._writer.submit(self._write, self.version or "", self.monitor.reference, hours)
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Hand the counts over and wait until the writer has tried them (a clean stop)."""
+        self._hand_over().result(timeout)
+
+    def _write(self, version: str, ref: DriftReference, hours: list[HourCounts]) -> None:
+        """Add ``hours`` to what is pending and write it all; kept for the next try if Redis is
+        unreachable. Runs on the writer thread only."""
+        if version != self._pending_version:
+            self._pending = {}  # counts Redis did not take are binned on the old grid: dropped
+            self._pending_version = version
+        for hc in hours:
             have = self._pending.get(hc.hour)
             if have is None:
                 self._pending[hc.hour] = hc
@@ -246,14 +262,13 @@ class DriftTracker:
                 have.counts += hc.counts
                 have.n += hc.n
                 have.decisions += hc.decisions
-        if self._add_counts is None or not self._pending or not self._pending_version:
+        if self._add_counts is None or not self._pending or not version:
             return
-        ref = self.monitor.reference
         try:
             pipe = self.redis.pipeline(transaction=False) if self.redis is not None else None
             for hc in self._pending.values():
                 self._add_counts(
-                    keys=[hist_key(self._pending_version, hc.hour)],
+                    keys=[hist_key(version, hc.hour)],
                     args=[HIST_TTL_SECONDS, *hour_fields(ref, hc)],
                     client=pipe,
                 )
@@ -262,3 +277,6 @@ class DriftTracker:
             self._pending = {}
         except redis.RedisError:
             log.warning("drift counts not written to Redis yet (kept for the next flush)")
+        except Exception:
+            log.exception("drift counts could not be written (dropped)")
+            self._pending = {}

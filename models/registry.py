@@ -276,7 +276,9 @@ class ModelRegistry:
         """The promoted version, or ``None`` if nothing was ever promoted."""
         return self.roles().champion
 
-    def load(self, version: str, num_threads: int = 0) -> LightGBMScorer:
+    def load(
+        self, version: str, num_threads: int = 0, explain_threads: int | None = None
+    ) -> LightGBMScorer:
         """Load ``version``, checked; every failure is one of three clear errors.
 
         :class:`UnknownModelError`: no such version (or its model file is gone).
@@ -302,7 +304,7 @@ class ModelRegistry:
             )
             raise ModelLoadError(msg)
         try:
-            scorer = LightGBMScorer.from_string(text, num_threads=num_threads)
+            scorer = LightGBMScorer.from_string(text, num_threads, explain_threads)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             msg = f"model file {path} (version {version}) cannot be loaded: {first}"
@@ -322,7 +324,9 @@ class ModelRegistry:
             raise ModelIntegrityError(msg)
         return scorer
 
-    def load_champion(self, num_threads: int = 0) -> LightGBMScorer | None:
+    def load_champion(
+        self, num_threads: int = 0, explain_threads: int | None = None
+    ) -> LightGBMScorer | None:
         """The champion scorer, or ``None`` if no champion was promoted."""
         version = self.champion_version()
-        return None if version is None else self.load(version, num_threads=num_threads)
+        return None if version is None else self.load(version, num_threads, explain_threads)

@@ -20,7 +20,7 @@ from engine.drift import HIST_PREFIX
 from engine.schemas import RawMessage
 from engine.settings import Settings
 from engine.sinks import MemorySink
-from engine.worker_process import metric_value
+from engine.worker_process import metric_value, wait_until
 from replay.inprocess import run_inprocess
 from replay.replay import ReplayOptions, replay_inprocess
 from replay.sources import write_transactions
@@ -117,9 +117,12 @@ def test_live_service_tracks_drift_logs_hours_and_reports_since(
     # every transaction is in the hourly log in Redis, under the champion's version
     version = service.pipeline.champion.version  # type: ignore[union-attr]
     client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{HIST_PREFIX}{version}:*"))
-    assert keys
-    assert sum(int(client.hget(k, "#n") or 0) for k in keys) == len(normal) + len(drifted)
+
+    def logged() -> int:  # written by the tracker's own thread, within log_seconds
+        keys = client.scan_iter(match=f"{HIST_PREFIX}{version}:*")
+        return sum(int(client.hget(k, "#n") or 0) for k in keys)
+
+    assert wait_until(lambda: logged() == len(normal) + len(drifted), 10), logged()
 
     out = tmp_path / "since"
     env = {"RISKSTREAM_REDIS_URL": url, "RISKSTREAM_DATA_DIR": str(tmp / "data")}

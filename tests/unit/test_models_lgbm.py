@@ -128,3 +128,11 @@ def test_booster_with_best_iteration_keeps_only_best_trees() -> None:
     scorer = LightGBMScorer(booster)
     assert scorer.num_trees == 12
     np.testing.assert_allclose(scorer.score_batch(x[:100]), booster.predict(x[:100]))
+
+
+def test_explanations_do_not_depend_on_explain_threads(scorer: LightGBMScorer) -> None:
+    x, _ = make_data(64, seed=9)
+    one = LightGBMScorer.from_string(scorer.model_text, num_threads=1, explain_threads=1)
+    two = LightGBMScorer.from_string(scorer.model_text, num_threads=1, explain_threads=2)
+    assert two.explain_batch(x, top=len(NAMES)) == one.explain_batch(x, top=len(NAMES))
+    assert two.version == one.version == scorer.version
