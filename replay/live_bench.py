@@ -16,6 +16,7 @@ On one stack and one ``transactions`` topic, in this order:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -30,6 +31,7 @@ from engine.policy import DECISIONS
 from engine.settings import Settings
 from engine.worker_process import WorkerProcess, wait_until
 from replay.ceilings import faust_ceiling, kafka_ceiling
+from replay.cpu import cpu_seconds
 from replay.inprocess import records_of
 from replay.kafka_io import produce, producer, read_topic
 from replay.simulate import simulate
@@ -192,20 +194,36 @@ def _histogram(le_counts: dict[float, float]) -> dict[str, float]:
 def _paced(
     workers: list[WorkerProcess], settings: Settings, src: Source, rate: float, seconds: float,
     prefix: str,
-) -> tuple[Scrape, Scrape, float, float]:  # fmt: skip
+) -> tuple[Scrape, Scrape, float, float, dict[str, float]]:  # fmt: skip
     """Produce at ``rate`` for ``seconds`` (open loop) and wait until all is decided; the
-    scrapes before and after, the rate achieved and the seconds until all was decided."""
+    scrapes before and after, the rate achieved, the seconds until all was decided and the
+    cores each process took meanwhile (broker, redis, workers, producer: this process)."""
     prod = producer(settings.kafka_bootstrap, linger_ms=PACED_LINGER_MS)
     n = int(rate * seconds)
     already = _decided(workers)
     before = Scrape(workers[0].metrics())
+    cpu0 = _cpu(workers, settings)
     t0 = time.perf_counter()
     produce(prod, settings.topic_transactions, src.take(n, prefix, live=True), rate)
     achieved = n / (time.perf_counter() - t0)
     if not _wait_decided(workers, already + n, 120 + seconds):
         msg = f"{prefix}: the workers did not decide {n} transactions"
         raise RuntimeError(msg)
-    return before, Scrape(workers[0].metrics()), achieved, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    cores = {k: (v - cpu0[k]) / wall for k, v in _cpu(workers, settings).items()}
+    return before, Scrape(workers[0].metrics()), achieved, wall, cores
+
+
+def _cpu(workers: list[WorkerProcess], settings: Settings) -> dict[str, float]:
+    """CPU seconds so far of the broker and Redis (found by their address on the command line:
+    the embedded stack's), the workers and this process (the producer)."""
+    pids = [w.proc.pid for w in workers if w.proc is not None]
+    return {
+        "broker": cpu_seconds(cmdline_contains=settings.kafka_bootstrap),
+        "redis": cpu_seconds(cmdline_contains=settings.redis_url.split("//")[-1].split("/")[0]),
+        "workers": cpu_seconds(pids),
+        "producer": cpu_seconds([os.getpid()]),
+    }
 
 
 def live_figures(
@@ -263,7 +281,7 @@ def live_figures(
     res["worker_to_faust_ceiling"] = res["e2e_events_per_second"] / faust["events_per_second"]
 
     console.print(f"[bold]bench[/]: latency at {LATENCY_RATE:,.0f}/s for {latency_seconds:.0f}s")
-    before, after, achieved, wall5k = _paced(
+    before, after, achieved, wall5k, cores = _paced(
         workers, settings, src, LATENCY_RATE, latency_seconds, "lat-"
     )
     res["latency_rate_events_per_second"] = achieved
@@ -276,12 +294,14 @@ def live_figures(
     res["batch_events_p99_at_5k"] = quantile(batches, 0.99)
     res.update({f"{k}_at_5k": v for k, v in _breakdown(after, before, wall5k).items()})
     res.update(_shares(after, before, "_at_5k"))
+    # the machine's cores during the run: what the worker competes with for them
+    res.update({f"cpu_cores_{k}_at_5k": v for k, v in cores.items()})
 
     knee: dict[str, float] = {}
     res["latency_knee_events_per_second"] = float("nan")
     for rate in knee_rates:
         console.print(f"[bold]bench[/]: knee step at {rate:,.0f}/s")
-        before, after, _, _ = _paced(workers, settings, src, rate, 10.0, f"k{int(rate)}-")
+        before, after, _, _, _ = _paced(workers, settings, src, rate, 10.0, f"k{int(rate)}-")
         lat = _diff(after.latency_le, before.latency_le)
         p99 = quantile(lat, 0.99)
         knee[f"{rate:g}"] = p99
