@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     #: of 1,000) to 7x (batches of 20) slower on 2 cores.
     model_threads: int = Field(default=1, ge=0)
     #: Threads for the contributions of review/block decisions (TreeSHAP, ~1 ms a row, C code
-    #: that releases the GIL). Two: they were the largest stage at 5,000/s in ``make bench``, and
-    #: two threads halved it (model stage 30.9 -> 16.1 ms a batch; p99 2.4 -> 0.87 s).
+    #: that releases the GIL). Two: the largest stage whenever many rows are flagged, and two
+    #: threads about halved it in ``make bench`` at 5,000/s (one run each; see the README).
     explain_threads: int = Field(default=2, ge=0)
 
     rules_dir: Path = DEFAULT_RULES_DIR
