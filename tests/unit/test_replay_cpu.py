@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -18,15 +17,17 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux 
 
 def test_a_process_found_by_its_command_line_reports_the_cpu_it_burned() -> None:
     tag = uuid.uuid4().hex
-    burn = "import time, sys\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    burn = (
+        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+        "print('burned', flush=True)\ntime.sleep(30)\n"
+    )
     child = subprocess.Popen(  # noqa: S603 - our own interpreter
-        [sys.executable, "-c", burn + "time.sleep(30)", tag]
+        [sys.executable, "-c", burn, tag], stdout=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 20
-        while cpu_seconds(cmdline_contains=tag) < 0.25 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert 0.25 <= cpu_seconds(cmdline_contains=tag) < 5
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "burned"  # idle from here on
+        assert 0.28 <= cpu_seconds(cmdline_contains=tag) < 5  # clock ticks round down
         assert cpu_seconds([child.pid]) == cpu_seconds(cmdline_contains=tag)
     finally:
         child.kill()
