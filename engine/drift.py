@@ -269,24 +269,24 @@ class DriftTracker:
                 have.counts += hc.counts
                 have.n += hc.n
                 have.decisions += hc.decisions
-        if self._add_counts is None or not self._pending or not version:
+        if self._add_counts is None or self.redis is None or not self._pending or not version:
             return
+        todo = list(self._pending.values())
         try:
-            while self._pending:
-                chunk = list(self._pending.values())[:_HOURS_PER_CALL]
-                pipe = self.redis.pipeline(transaction=False) if self.redis is not None else None
+            for i in range(0, len(todo), _HOURS_PER_CALL):
+                if i:  # let the scoring thread have the GIL and Valkey meanwhile
+                    time.sleep(_PAUSE_SECONDS)
+                chunk = todo[i : i + _HOURS_PER_CALL]
+                pipe = self.redis.pipeline(transaction=False)
                 for hc in chunk:
                     self._add_counts(
                         keys=[hist_key(version, hc.hour)],
                         args=[HIST_TTL_SECONDS, *hour_fields(ref, hc)],
                         client=pipe,
                     )
-                if pipe is not None:
-                    pipe.execute()
+                pipe.execute()
                 for hc in chunk:
                     del self._pending[hc.hour]
-                if self._pending:  # let the scoring thread have the GIL and Valkey meanwhile
-                    time.sleep(_PAUSE_SECONDS)
         except redis.RedisError:
             log.warning("drift counts not written to Redis yet (kept for the next flush)")
         except Exception:
