@@ -81,9 +81,8 @@ def build_service(
     champion = None
     if use_registry:
         try:
-            champion = ModelRegistry(settings.models_dir).load_champion(
-                settings.model_threads, settings.explain_threads
-            )
+            registry = ModelRegistry(settings.models_dir)
+            champion = registry.load_champion(**settings.scorer_threads())
         except Exception:
             log.exception("champion model unreadable; deciding with rules only until a good one")
     online = online_model(settings.checkpoints_dir / "online.pkl", names)

@@ -606,8 +606,7 @@ class ScoringService:
                 new.append(have[v])
             elif v not in self._bad_shadows:
                 try:
-                    cfg = self.settings
-                    new.append(registry.load(v, cfg.model_threads, cfg.explain_threads))
+                    new.append(registry.load(v, **self.settings.scorer_threads()))
                 except Exception:
                     log.exception("shadow %s unreadable; skipped", v)
                     self._bad_shadows.add(v)
@@ -638,9 +637,7 @@ class ScoringService:
         if version is None or version == self._champion_version:
             return False
         try:
-            scorer = registry.load(
-                version, self.settings.model_threads, self.settings.explain_threads
-            )
+            scorer = registry.load(version, **self.settings.scorer_threads())
         except Exception:
             log.exception("could not load the promoted champion; keeping the current one")
             return False

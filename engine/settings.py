@@ -139,6 +139,10 @@ class Settings(BaseSettings):
         """The group whose committed offsets say which transactions were applied."""
         return self.scoring_group_id if self.consumer == "batch" else self.app_id
 
+    def scorer_threads(self) -> dict[str, int]:
+        """LightGBM thread counts for :meth:`models.registry.ModelRegistry.load` (keywords)."""
+        return {"num_threads": self.model_threads, "explain_threads": self.explain_threads}
+
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"

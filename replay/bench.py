@@ -71,9 +71,7 @@ def run_bench(
             trained.scorer, {"source": "bench", "reference_histograms": reference}
         )
         registry.promote(version)
-        service.pipeline.champion = registry.load(
-            version, settings.model_threads, settings.explain_threads
-        )
+        service.pipeline.champion = registry.load(version, **settings.scorer_threads())
         online = service.pipeline.online
         if online is not None:  # online learning on: in-process and the worker use what it learned
             teach = (np.random.default_rng(5).random(len(y)) < 0.1) | y.astype(bool)
