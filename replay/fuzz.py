@@ -37,6 +37,7 @@ from engine.cardnumbers import luhn_valid
 from engine.stack import EmbeddedStack
 from engine.worker_process import WorkerProcess, metric_value
 from replay.kafka_io import fresh_topic_env, produce_mixed
+from replay.proc import rss_mb
 
 T0 = 1_767_225_600_000  # 2026-01-01
 #: Event time between two messages: 1,000,000 messages span 231 days, six times the feature
@@ -225,13 +226,6 @@ class FuzzResult:
                     or self.memory_flat is False)  # fmt: skip
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class _Scanner:
     """Searches bytes for any planted card number in any of its forms (Aho-Corasick-free: the
     numbers share no prefix structure worth it; a set of 13-19 digit windows is enough)."""
@@ -321,15 +315,15 @@ def run_fuzz(
                         if 0 <= off < n:
                             dead_seen[off] += 1
                 if not res.rss_mb_warm and total >= warm_at:
-                    res.rss_mb_warm = round(_rss_mb(pid), 1)
+                    res.rss_mb_warm = round(rss_mb(pid), 1)
                     log(f"  warm: {total:,} outputs, worker RSS {res.rss_mb_warm} MB")
                 if total >= next_sample:
-                    res.rss_series.append((total, round(_rss_mb(pid), 1)))
+                    res.rss_series.append((total, round(rss_mb(pid), 1)))
                     log(f"  {total:,} outputs, worker RSS {res.rss_series[-1][1]} MB")
                     next_sample += every
         finally:
             consumer.close()
-        res.rss_mb_end = round(_rss_mb(pid), 1)
+        res.rss_mb_end = round(rss_mb(pid), 1)
         # the highest sample from the warm-up on, not just the end (an idle worker's RSS may
         # drop at the end: one run ended at 517.7 MB after a peak of 583.0)
         after = [mb for out_, mb in res.rss_series if out_ >= warm_at] + [res.rss_mb_end]

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,9 +32,9 @@ from engine.policy import DECISIONS
 from engine.settings import Settings
 from engine.worker_process import WorkerProcess, wait_until
 from replay.ceilings import faust_ceiling, kafka_ceiling
-from replay.cpu import cpu_seconds
 from replay.inprocess import records_of
 from replay.kafka_io import produce, producer, read_topic
+from replay.proc import cpu_seconds
 from replay.simulate import simulate
 
 console = Console()
@@ -214,10 +215,17 @@ def _cpu(workers: list[WorkerProcess], settings: Settings) -> dict[str, float]:
     pids = [w.proc.pid for w in workers if w.proc is not None]
     return {
         "broker": cpu_seconds(cmdline_contains=settings.kafka_bootstrap),
-        "redis": cpu_seconds(cmdline_contains=settings.redis_url.split("//")[-1].split("/")[0]),
+        "redis": cpu_seconds(cmdline_contains=_host_port(settings.redis_url)),
         "workers": cpu_seconds(pids),
         "producer": cpu_seconds([os.getpid()]),
     }
+
+
+def _host_port(url: str) -> str:
+    """``host:port`` of a server URL, as the embedded stack's servers carry it on their
+    command line."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
 
 
 def live_figures(

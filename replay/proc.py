@@ -1,8 +1,8 @@
-"""CPU seconds of the processes on the bench's machine, from ``/proc`` (Linux).
+"""What the processes of a bench run cost this machine, from ``/proc`` (Linux).
 
 The live bench runs the broker, Valkey, the worker and the paced producer on the same cores; how
-much of them each one takes says what a latency figure is made of. Elsewhere (no ``/proc``) every
-figure is ``nan``.
+much of them each one takes says what a latency figure is made of (elsewhere, no ``/proc``: CPU
+figures are ``nan``). The fuzz run follows the worker's memory.
 """
 
 from __future__ import annotations
@@ -44,3 +44,11 @@ def cpu_seconds(pids: Iterable[int] = (), cmdline_contains: str | None = None) -
         if s is not None:
             total, found = total + s, True
     return total if found else math.nan
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MB (0 if the kernel does not say)."""
+    for line in (_PROC / str(pid) / "status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -1,4 +1,4 @@
-"""replay.cpu: CPU seconds of processes, found by pid or by their command line."""
+"""replay.proc: CPU seconds of processes (by pid or command line) and resident memory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from replay.cpu import cpu_seconds
+from replay.proc import cpu_seconds, rss_mb
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
 
@@ -38,3 +38,7 @@ def test_nothing_found_is_nan_and_own_pid_counts() -> None:
     assert math.isnan(cpu_seconds(cmdline_contains=uuid.uuid4().hex))
     assert math.isnan(cpu_seconds([]))
     assert cpu_seconds([os.getpid()]) > 0
+
+
+def test_resident_memory_of_this_process() -> None:
+    assert 1 < rss_mb(os.getpid()) < 100_000
