@@ -9,8 +9,9 @@ embedded stack, compose.yaml and production.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -121,6 +122,20 @@ class Settings(BaseSettings):
                 )
                 raise ValueError(msg)
         return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Settings from a mapping of ``RISKSTREAM_*`` variables (a worker's or a test's
+        environment), over the defaults and this process's own environment.
+
+        >>> Settings.from_env({"RISKSTREAM_BATCH_SIZE": "50", "PATH": "/bin"}).batch_size
+        50
+        """
+        prefix = "RISKSTREAM_"
+        values: dict[str, Any] = {
+            k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)
+        }
+        return cls(**values)
 
     def topics(self) -> list[str]:
         """Every topic riskstream reads or writes (created at start when missing)."""
