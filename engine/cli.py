@@ -93,11 +93,13 @@ def worker(
 
     from engine.app import create_app
     from engine.build import build_service
+    from engine.malloc import cap_arenas
     from engine.settings import Settings
     from engine.sinks import ensure_topics
     from engine.worker_runtime import Runtime
 
     settings = Settings()
+    cap_arenas(settings.malloc_arenas)  # before librdkafka's threads start
     ensure_topics(settings.kafka_bootstrap, settings.topics(), settings.topic_partitions)
     service = build_service(settings)
     faust_app = create_app(settings)
