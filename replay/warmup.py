@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import orjson
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from engine.schemas import RawMessage
@@ -60,10 +59,9 @@ def _read(
     order within one. Without ``ends``: to the end of the log, that is past the high watermark
     *and* until a poll comes back empty (Tansu 0.6 reports a watermark inside the last record
     batch, and answers every time lookup with offset 0: neither is trusted alone)."""
-    if ends is None:
-        high = {p: reader.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in starts}
-    else:
-        high = ends
+    high = {} if ends is not None else {
+        p: reader.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in starts
+    }  # fmt: skip
     position = dict(starts)
     todo = {p for p in starts if ends is None or position[p] < ends[p]}
     if not todo:
@@ -156,8 +154,7 @@ def rebuild_from_topic(env: Mapping[str, str] | None = None, batch_size: int = 1
             service.process_transactions(batch)
             done += len(batch)
         if decided:  # their memos as sent: the workers' redeliveries repeat them byte for byte
-            client = redis.Redis.from_url(settings.redis_url)
-            with client.pipeline(transaction=False) as pipe:
+            with service.redis.pipeline(transaction=False) as pipe:
                 for eid, value in decided.items():
                     pipe.set(DECISION_MEMO_PREFIX + eid, value, ex=settings.redelivery_memo_seconds)
                 pipe.execute()
