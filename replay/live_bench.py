@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
@@ -192,12 +193,15 @@ def _paced(
 ) -> tuple[Scrape, Scrape, float, float, dict[str, float]]:  # fmt: skip
     """Produce at ``rate`` for ``seconds`` (open loop) and wait until all is decided; the
     scrapes before and after, the rate achieved, the seconds until all was decided and the
-    cores each process took meanwhile (broker, redis, workers, producer: this process)."""
+    machine meanwhile: the cores each process took (``cpu_cores_broker``, ``_redis``,
+    ``_workers``, ``_producer``: this process) and Redis's own time per worker batch in each
+    command (``redis_<command>_ms_per_batch``)."""
     prod = producer(settings.kafka_bootstrap, linger_ms=PACED_LINGER_MS)
     n = int(rate * seconds)
     already = _decided(workers)
     before = Scrape(workers[0].metrics())
     cpu0 = _cpu(workers, settings)
+    redis0 = redis_command_usec(settings.redis_url)
     t0 = time.perf_counter()
     produce(prod, settings.topic_transactions, src.take(n, prefix), rate)
     achieved = n / (time.perf_counter() - t0)
@@ -205,8 +209,22 @@ def _paced(
         msg = f"{prefix}: the workers did not decide {n} transactions"
         raise RuntimeError(msg)
     wall = time.perf_counter() - t0
-    cores = {k: (v - cpu0[k]) / wall for k, v in _cpu(workers, settings).items()}
-    return before, Scrape(workers[0].metrics()), achieved, wall, cores
+    machine = {f"cpu_cores_{k}": (v - cpu0[k]) / wall for k, v in _cpu(workers, settings).items()}
+    after = Scrape(workers[0].metrics())
+    spent = redis_command_usec(settings.redis_url)
+    batches = max(after.stage_count.get("decode", 0) - before.stage_count.get("decode", 0), 1)
+    for cmd, usec in spent.items():  # Redis's own time per worker batch, by command
+        ms = (usec - redis0.get(cmd, 0.0)) / batches / 1000
+        if ms >= 0.01:
+            machine[f"redis_{cmd}_ms_per_batch"] = ms
+    return before, after, achieved, wall, machine
+
+
+def redis_command_usec(url: str) -> dict[str, float]:
+    """Microseconds the server has spent in each command (``INFO commandstats``), so that a
+    run's figures can tell the server's share of a batch from the round trip's."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {k.removeprefix("cmdstat_"): float(v["usec"]) for k, v in stats.items()}
 
 
 def _cpu(workers: list[WorkerProcess], settings: Settings) -> dict[str, float]:
@@ -254,12 +272,16 @@ def live_figures(
     console.print(f"[bold]bench[/]: worker throughput, {n_events:,} transactions at once")
     items = list(src.take(n_events, "tp-"))
     before = Scrape(w1.metrics())
+    cpu0 = _cpu(workers, settings)
     t0 = time.time()
     produce(prod, topic, items)
     if not _wait_decided(workers, 1 + n_events, 600):
         msg = f"worker did not decide {n_events} transactions; see {data_dir / 'worker.log'}"
         raise RuntimeError(msg)
     t_seen = time.time()
+    # the machine's cores meanwhile: what the worker competes with for them
+    res.update({f"cpu_cores_{k}": (v - cpu0[k]) / (t_seen - t0)
+                for k, v in _cpu(workers, settings).items()})  # fmt: skip
     after = Scrape(w1.metrics())
     scores = read_topic(boot, settings.topic_scores, lambda v: len(v) >= n_events + 1, 120)
     stamps = [orjson.loads(v)["scored_at"] for v in scores if b'"tp-' in v[:40]]
@@ -283,7 +305,7 @@ def live_figures(
     res["worker_to_faust_ceiling"] = res["e2e_events_per_second"] / faust["events_per_second"]
 
     console.print(f"[bold]bench[/]: latency at {LATENCY_RATE:,.0f}/s for {latency_seconds:.0f}s")
-    before, after, achieved, wall5k, cores = _paced(
+    before, after, achieved, wall5k, machine = _paced(
         workers, settings, src, LATENCY_RATE, latency_seconds, "lat-"
     )
     res["latency_rate_events_per_second"] = achieved
@@ -297,7 +319,7 @@ def live_figures(
     res.update({f"{k}_at_5k": v for k, v in _breakdown(after, before, wall5k).items()})
     res.update(_shares(after, before, "_at_5k"))
     # the machine's cores during the run: what the worker competes with for them
-    res.update({f"cpu_cores_{k}_at_5k": v for k, v in cores.items()})
+    res.update({f"{k}_at_5k": v for k, v in machine.items()})
 
     knee: dict[str, float] = {}
     res["latency_knee_events_per_second"] = float("nan")

@@ -6,6 +6,7 @@ integration tests); the Pipeline, Policy, LightGBM scorer and registry are the r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,46 @@ def test_recovers_when_a_good_model_is_swapped_in() -> None:
     assert {d.mode for d in out.decisions} == {"normal"}
     assert {d.model for d in out.decisions} == {good.version}
     assert not any(r.startswith("degraded") for d in out.decisions for r in d.reasons)
+
+
+class SignallingChampion:
+    """A champion that says when it has begun scoring."""
+
+    version = "0123456789ac"
+    feature_names = NAMES
+
+    def __init__(self, started: threading.Event) -> None:
+        self.started = started
+
+    def score_batch(self, features: np.ndarray) -> np.ndarray:
+        self.started.set()
+        return np.full(len(features), 0.95)
+
+    def explain_batch(self, features: np.ndarray, top: int = 3) -> list[list[Any]]:
+        return [[] for _ in range(len(features))]
+
+
+class RulesAfterTheModelStarted(StubRules):
+    """Rules that run only once the model is scoring: if the Pipeline scored the model after
+    the rules (one thread), they would wait in vain and fail the batch."""
+
+    def __init__(self, model_started: threading.Event) -> None:
+        self.model_started = model_started
+
+    def evaluate_batch(
+        self, events: Sequence[Mapping[str, Any]], features: Any, feature_names: Sequence[str]
+    ) -> list[list[Any]]:
+        if not self.model_started.wait(10):
+            msg = "the model did not score while the rules ran"
+            raise TimeoutError(msg)
+        return super().evaluate_batch(events, features, feature_names)
+
+
+def test_the_champion_scores_while_the_rules_run() -> None:
+    started = threading.Event()
+    p = Pipeline(StubStore(), RulesAfterTheModelStarted(started), Policy(0.5, 0.9),
+                 champion=SignallingChampion(started))  # fmt: skip
+    out = p.score_batch(records())
+    assert {d.mode for d in out.decisions} == {"normal"}
+    assert [d.score for d in out.decisions] == [0.95] * 8
+    assert {d.decision for d in out.decisions} == {"block"}
