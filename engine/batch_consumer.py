@@ -15,7 +15,10 @@ Guarantees, per batch, in this order (one thread):
    update to Redis) and only then **finish** the batch before it (score, emit, ``sink.flush()``,
    Redis logs; retried until it succeeds, dead-lettered if it keeps failing on its data), so Redis
    applies one batch while Python scores the other. While a batch is in flight the next one is
-   taken without waiting: at light load nothing waits for a second batch;
+   taken without waiting: at light load nothing waits for a second batch. Only a batch of at
+   least ``overlap_from`` events (a backlog) stays in flight like this; a smaller one took all
+   that had arrived and is finished at once, since holding it for the next batch would put a
+   second batch's time on each of its decisions;
 3. **commit** the next offsets of a batch's partitions once it is finished (asynchronously; a
    rebalance or stop finishes the batch in flight and commits synchronously first). Nothing is
    committed before the batch's outputs are flushed. A crash between 2 and 3 redelivers the
@@ -91,6 +94,7 @@ class BatchConsumer(Generic[T]):
         batch_size: int = 2000,
         poll_seconds: float = 0.1,
         fetch_max_wait_ms: int = 25,
+        overlap_from: int = 0,
         **config: Any,
     ) -> None:
         self.topic = topic
@@ -113,6 +117,8 @@ class BatchConsumer(Generic[T]):
         self._committed: dict[int, int] = {}
         self._consumer: Consumer | None = None
         self._inflight: tuple[list[RawMessage], T] | None = None  # started, not finished
+        #: Batches this big stay in flight while the next starts; smaller ones finish at once.
+        self.overlap_from = overlap_from or max(batch_size // 2, 1)
         self.batches = 0
         self.events = 0
 
@@ -218,6 +224,8 @@ class BatchConsumer(Generic[T]):
                     started = (msgs, self.start(msgs))
                 self._finish_inflight(consumer)  # (a rebalance in consume may have done it)
                 self._inflight = started
+                if started is not None and len(msgs) < self.overlap_from:
+                    self._finish_inflight(consumer)  # keeping up: not held for the next batch
             self._finish_inflight(consumer)
             clean = True
         finally:

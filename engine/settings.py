@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     broker_session_timeout_seconds: float = Field(default=60.0, ge=6, le=300)
     #: Most events in one micro-batch; batches are as large as what has arrived, up to this.
     batch_size: int = Field(default=1000, ge=1)
+    #: A transactions batch at least this big stays in flight while the next one starts (two
+    #: batches overlap: throughput under a backlog); a smaller one took all that had arrived and
+    #: is finished at once (latency). 0: half of ``batch_size``; 1: always overlap.
+    overlap_from: int = Field(default=0, ge=0)
     #: How long a Faust agent (events, labels) waits for its batch to fill.
     batch_within_seconds: float = Field(default=0.05, gt=0)
     #: Transactions consumer: ``batch`` (librdkafka batches, managed by a Faust service) or
