@@ -150,9 +150,14 @@ def _wait_decided(workers: list[WorkerProcess], n: float, timeout: float) -> boo
     return wait_until(lambda: _decided(workers) >= n, timeout, every=0.1)
 
 
+def _batches(after: Scrape, before: Scrape) -> float:
+    """Transactions batches the worker finished between two scrapes (at least 1)."""
+    return max(after.stage_count.get("decode", 0) - before.stage_count.get("decode", 0), 1)
+
+
 def _breakdown(after: Scrape, before: Scrape, wall: float) -> dict[str, float]:
     """Per stage: ms per batch and share of the worker's wall time."""
-    batches = max(after.stage_count.get("decode", 0) - before.stage_count.get("decode", 0), 1)
+    batches = _batches(after, before)
     out: dict[str, float] = {"worker_batches": batches}
     accounted = 0.0
     for stage in WORKER_STAGES:
@@ -209,10 +214,10 @@ def _paced(
         msg = f"{prefix}: the workers did not decide {n} transactions"
         raise RuntimeError(msg)
     wall = time.perf_counter() - t0
-    machine = {f"cpu_cores_{k}": (v - cpu0[k]) / wall for k, v in _cpu(workers, settings).items()}
+    machine = _cores_since(cpu0, workers, settings, wall)
     after = Scrape(workers[0].metrics())
     spent = redis_command_usec(settings.redis_url)
-    batches = max(after.stage_count.get("decode", 0) - before.stage_count.get("decode", 0), 1)
+    batches = _batches(after, before)
     for cmd, usec in spent.items():  # Redis's own time per worker batch, by command
         ms = (usec - redis0.get(cmd, 0.0)) / batches / 1000
         if ms >= 0.01:
@@ -225,6 +230,14 @@ def redis_command_usec(url: str) -> dict[str, float]:
     run's figures can tell the server's share of a batch from the round trip's."""
     stats = redis.Redis.from_url(url).info("commandstats")
     return {k.removeprefix("cmdstat_"): float(v["usec"]) for k, v in stats.items()}
+
+
+def _cores_since(
+    cpu0: dict[str, float], workers: list[WorkerProcess], settings: Settings, wall: float
+) -> dict[str, float]:
+    """``cpu_cores_<process>``: the cores each took since ``cpu0`` (a :func:`_cpu`), over
+    ``wall`` seconds."""
+    return {f"cpu_cores_{k}": (v - cpu0[k]) / wall for k, v in _cpu(workers, settings).items()}
 
 
 def _cpu(workers: list[WorkerProcess], settings: Settings) -> dict[str, float]:
@@ -280,8 +293,7 @@ def live_figures(
         raise RuntimeError(msg)
     t_seen = time.time()
     # the machine's cores meanwhile: what the worker competes with for them
-    res.update({f"cpu_cores_{k}": (v - cpu0[k]) / (t_seen - t0)
-                for k, v in _cpu(workers, settings).items()})  # fmt: skip
+    res.update(_cores_since(cpu0, workers, settings, t_seen - t0))
     after = Scrape(w1.metrics())
     scores = read_topic(boot, settings.topic_scores, lambda v: len(v) >= n_events + 1, 120)
     stamps = [orjson.loads(v)["scored_at"] for v in scores if b'"tp-' in v[:40]]
