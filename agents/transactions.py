@@ -38,7 +38,7 @@ def register(rt: Runtime) -> None:
     consumer = BatchConsumer(
         s.kafka_bootstrap, s.scoring_group_id, topic, start, finish,
         batch_size=s.batch_size, fetch_max_wait_ms=s.fetch_max_wait_ms,
-        overlap_from=s.overlap_from,
+        overlap_from=s.overlap_from, started=lambda begun: begun.handle is not None,
         **{"session.timeout.ms": int(s.broker_session_timeout_seconds * 1000)},
     )  # fmt: skip
 

@@ -18,7 +18,9 @@ Guarantees, per batch, in this order (one thread):
    taken without waiting: at light load nothing waits for a second batch. Only a batch of at
    least ``overlap_from`` events (a backlog) stays in flight like this; a smaller one took all
    that had arrived and is finished at once, since holding it for the next batch would put a
-   second batch's time on each of its decisions;
+   second batch's time on each of its decisions. A batch that could not start (``started``
+   says so) is finished at once too: it is processed from its messages, and its events must
+   reach the feature store before any later batch's do;
 3. **commit** the next offsets of a batch's partitions once it is finished (asynchronously; a
    rebalance or stop finishes the batch in flight and commits synchronously first). Nothing is
    committed before the batch's outputs are flushed. A crash between 2 and 3 redelivers the
@@ -81,7 +83,9 @@ class BatchConsumer(Generic[T]):
 
     ``start(messages)`` begins a batch and must not raise on its data; ``finish(started)`` must
     return only once the batch's outputs are durable (it retries internally); an exception from
-    either stops the consumer without committing the batch.
+    either stops the consumer without committing the batch. ``started(begun)`` tells whether
+    ``start`` got as far as sending the batch's feature update; a batch that did not is never
+    held in flight while a later one starts.
     """
 
     def __init__(
@@ -95,11 +99,13 @@ class BatchConsumer(Generic[T]):
         poll_seconds: float = 0.1,
         fetch_max_wait_ms: int = 25,
         overlap_from: int = 0,
+        started: Callable[[T], bool] = lambda _: True,
         **config: Any,
     ) -> None:
         self.topic = topic
         self.start = start
         self.finish = finish
+        self.started = started
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.config = {
@@ -224,8 +230,10 @@ class BatchConsumer(Generic[T]):
                     started = (msgs, self.start(msgs))
                 self._finish_inflight(consumer)  # (a rebalance in consume may have done it)
                 self._inflight = started
-                if started is not None and len(msgs) < self.overlap_from:
-                    self._finish_inflight(consumer)  # keeping up: not held for the next batch
+                if started is not None and (
+                    len(msgs) < self.overlap_from or not self.started(started[1])
+                ):  # keeping up, or not started: not held while the next batch starts
+                    self._finish_inflight(consumer)
             self._finish_inflight(consumer)
             clean = True
         finally:

@@ -596,7 +596,9 @@ def scenarios(reduced: bool) -> list[Scenario]:
     out = [
         Scenario("worker_sigkill", _sigkill_worker(1 if reduced else 3), events=n,
                  rate=60 if reduced else 20, extra_env=session),
-        Scenario("poison", _poison, events=n // 2, rate=200, poison_every=500,
+        # the later poisons land in the backlog the first one's retries built: batches of
+        # 50, the next one started while the poisoned one is still to be finished
+        Scenario("poison", _poison, events=n // 2, rate=200, poison_every=250,
                  extra_env={"RISKSTREAM_FAULT_POISON_PREFIX": POISON_PREFIX,
                             "RISKSTREAM_FAULT_POISON_STAGE": "decode"}),
         Scenario("slow_redis", _slow_redis(2000), events=n // 2, rate=100),
