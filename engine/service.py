@@ -24,7 +24,7 @@ from engine.drift import DriftTracker
 from engine.pipeline import Decision, PendingScore, Pipeline, ScoredBatch
 from engine.policy import REVIEW
 from engine.protocols import FloatArray
-from engine.review.store import HISTORY_SCRIPT, QUEUE_KEY, case_commands, history_call
+from engine.review.store import QUEUE_KEY, case_commands, history_command
 from engine.schemas import (
     ACCOUNT_EVENT,
     DUPLICATE,
@@ -336,8 +336,10 @@ class ScoringService:
         ``send`` is called, so a worker killed after a decision left and before its memo was
         written would answer the redelivery with a second, different decision (same features,
         another ``scored_at``; the fault suite's SIGKILL scenario saw it). The history and the
-        queue depth go in a second round trip whose replies :meth:`_writes_done` reads after the
-        sink's flush (Redis and the broker work at the same time)."""
+        queue depth go in a second round trip, packed and sent while Redis applies the first,
+        whose replies :meth:`_writes_done` reads after the sink's flush (Redis and the broker
+        work at the same time). Should the first fail after the second was sent, the retried
+        batch appends its history entries again (a display list; nothing is decided from it)."""
         s = self.settings
         send = self.sink.send
         dumps = orjson.dumps
@@ -382,21 +384,31 @@ class ScoringService:
             logged = [dumps(_score_record(d)) for d in new]
             remember += self._log_commands(new, rows, logged, memos)
         remember += [resp.command(*c) for c in case_commands(cases)]
+        first = resp.Sent(self.redis, remember, len(remember)) if remember else None
+        rest: list[bytes] = []
+        if live and new:  # the case page's card and merchant history
+            txns = records if fresh is None else [records[i] for i in fresh]
+            rest.append(history_command(new, txns))
+        rest.append(resp.command("ZCARD", QUEUE_KEY))
+        try:
+            second = resp.Sent(self.redis, rest, len(rest))
+        except BaseException:
+            if first is not None:
+                first.discard()
+            raise
         parked: list[bytes | None] = []
-        if remember:
-            replies = resp.Sent(self.redis, remember, len(remember)).replies()
+        if first is not None:
+            try:
+                replies = first.replies()
+            except BaseException:
+                second.discard()
+                raise
             if live and new:
                 parked = replies[3 if self._has_msetex() else 0]
         for d, out in zip(decisions, sent, strict=True):
             send(topic, d.card_id.encode(), out)
         for case in cases:
             send(review_topic, case["card_id"].encode(), dumps(case))
-        rest: list[bytes] = []
-        if live and new:  # the case page's card and merchant history
-            txns = records if fresh is None else [records[i] for i in fresh]
-            keys, args = history_call(new, txns)
-            rest.append(resp.command("EVAL", HISTORY_SCRIPT, len(keys), *keys, *args))
-        rest.append(resp.command("ZCARD", QUEUE_KEY))
         for decision, n in counts.items():
             metrics.DECISIONS.labels(decision).inc(n)
         degraded = [d for d in new if d.mode != "normal"]
@@ -404,7 +416,7 @@ class ScoringService:
             reason = degraded[0].reasons[-1].split(":", 1)[-1]
             metrics.DEGRADED_DECISIONS.labels(reason).inc(len(degraded))
         report.decisions = dict(counts)
-        return _Writes(resp.Sent(self.redis, rest, len(rest)), parked)
+        return _Writes(second, parked)
 
     def _has_msetex(self) -> bool:
         if self._msetex is None:

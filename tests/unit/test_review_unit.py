@@ -44,3 +44,24 @@ def test_no_card_number_reaches_a_page() -> None:
     assert "4111" not in _finalize(f"note: {pan}")
     page = _templates().get_template("error.html").render(message=f"card {pan}", user=None)
     assert pan not in page and "[REDACTED-PAN]" in page
+
+
+def test_the_packed_history_command_is_the_history_call() -> None:
+    """The live path packs the history script's EVAL itself; the bytes must be what the
+    script call (KEYS/ARGV of ``history_call``) packs to, ``keep`` trimming included."""
+    from types import SimpleNamespace
+
+    from engine.review.store import HISTORY_SCRIPT, history_call, history_command
+    from features import resp
+
+    decisions = [
+        SimpleNamespace(event_id=f"e{i}", ts=1_700_000_000_000 + i, amount=i * 1.5,
+                        score=i / 10, decision="allow", card_id=f"c{i % 3}")
+        for i in range(10)
+    ]  # fmt: skip
+    records = [{"merchant_id": f"m{i % 2}" if i else None, "currency": "EUR"} for i in range(10)]
+    for keep in (25, 2):
+        keys, args = history_call(decisions, records, keep)
+        assert history_command(decisions, records, keep) == resp.command(
+            "EVAL", HISTORY_SCRIPT, len(keys), *keys, *args
+        )
