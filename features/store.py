@@ -270,8 +270,12 @@ class _Call:
 class Pending(Generic[T]):
     """A batch (or labels) sent to the server whose reply has not been used yet.
 
-    ``result()`` reads the replies of the calls submitted before it (in order, on the store's
-    connection) and its own, then turns it into the value once; it raises what the call raised.
+    ``result()`` turns the reply into the value once and raises what the call raised. Replies
+    are read, and turned into values, in the order the calls were sent, whatever order the
+    results are asked for: each batch's copy of the buckets it touches assumes that the batches
+    sent before it were finished first. A worker retrying a failed batch while the next one is
+    in flight asks for the retry's result first; finishing the retry before the batch in flight
+    made every retried batch fail ("feature cache out of step") and dead-lettered its events.
     """
 
     def __init__(
@@ -280,20 +284,40 @@ class Pending(Generic[T]):
         call: _Call | None,
         finish: Callable[[Any], T],
         failed: Callable[[], None] | None = None,
+        batch: bool = False,
     ) -> None:
         self._store = store
         self._call = call
         self._finish = finish
         self._failed = failed
+        self._batch = batch  # a transactions batch: the store's "batch read last" is set by it
         self._value: T | None = None
-        self._has_value = False
+        self._error: Exception | None = None
+        self._resolved = False
+        self._state: tuple[BoolArray, int] | None = None  # the store's view of this batch
+        if call is not None:
+            store._unfinished.append(self)  # noqa: SLF001 (one module)
 
     def result(self) -> T:
-        if not self._has_value:
-            reply = None
+        if not self._resolved:
+            if self._call is not None:
+                self._store._resolve_through(self)  # noqa: SLF001 (one module)
+            if not self._resolved:  # no call, or interrupted while being read
+                self._resolve()
+        if self._error is not None:
+            raise self._error
+        if self._state is not None:  # what the store says of "the batch read last" is this one
+            self._store.redelivered, self._store._last_counted = self._state  # noqa: SLF001
+        return self._value  # type: ignore[return-value]
+
+    def _resolve(self) -> None:
+        """Read the reply and make the value (or keep the error for ``result()``)."""
+        store = self._store
+        reply = None
+        try:
             if self._call is not None:
                 try:
-                    self._store._read_until(self._call)  # noqa: SLF001 (one module)
+                    store._read_until(self._call)  # noqa: SLF001 (one module)
                 finally:
                     if self._call.error is not None and self._failed is not None:
                         self._failed()
@@ -301,8 +325,11 @@ class Pending(Generic[T]):
                     raise self._call.error
                 reply = self._call.reply
             self._value = self._finish(reply)
-            self._has_value = True
-        return self._value  # type: ignore[return-value]
+            if self._batch:
+                self._state = (store.redelivered, store._last_counted)  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001 - raised by result(), to the batch's owner
+            self._error = exc
+        self._resolved = True
 
 
 def _new_epoch() -> str:
@@ -461,6 +488,8 @@ class RedisFeatureStore:
         self._batches = 0
         self._open = 0  # batches prepared and not yet finished (or failed)
         self._inflight: deque[_Call] = deque()
+        #: Calls sent whose reply has not been turned into a value yet, in the order sent.
+        self._unfinished: deque[Pending[Any]] = deque()
         self._conn: Any = None
         self._script_bulk: dict[str, bytes] = {}  # EVAL's script argument, packed once
 
@@ -655,7 +684,9 @@ class RedisFeatureStore:
         except BaseException:
             self._release(prep)
             raise
-        return Pending(self, call, lambda r: self._finish(prep, r), lambda: self._release(prep))
+        return Pending(
+            self, call, lambda r: self._finish(prep, r), lambda: self._release(prep), batch=True
+        )
 
     def update_events_batch(
         self,
@@ -682,6 +713,7 @@ class RedisFeatureStore:
     def _apply(self, prep: _Prepared) -> FloatArray:
         if prep.n == 0:
             return self._nothing(prep)
+        self._resolve_through(None)  # batches sent before this one are finished before it
         try:
             reply = self._eval(self._update, prep.keys, prep.args)
         except BaseException:
@@ -1162,6 +1194,14 @@ class RedisFeatureStore:
             self._conn.disconnect()
             self.client.connection_pool.release(self._conn)
             self._conn = None
+
+    def _resolve_through(self, last: Pending[Any] | None) -> None:
+        """Finish the calls sent before ``last``, then ``last`` (``None``: every call sent)."""
+        while self._unfinished:
+            first = self._unfinished.popleft()
+            first._resolve()  # noqa: SLF001 (one module)
+            if first is last:
+                return
 
     def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA with the command packed here (redis-py's per-argument packing costs more

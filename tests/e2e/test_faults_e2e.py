@@ -22,13 +22,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 def test_reduced_fault_suite(tmp_path: Path) -> None:
     results = run_suite(tmp_path, reduced=True, log=lambda _m: None)
-    names = ["worker_sigkill", "poison", "slow_redis", "redis_restart_memory"]
+    names = ["worker_sigkill", "poison", "poison_after_features", "slow_redis",
+             "redis_restart_memory"]  # fmt: skip
     assert [r.scenario for r in results] == names
     for r in results:
         assert r.decisions + r.dead_letters == r.events_in, r.row()
         assert r.lost == 0 and r.both == 0 and r.differing == 0, r.row()
         assert r.features_checked == r.decisions, r.row()
-    kill, poison, slow, memory = results
+    kill, poison, after, slow, memory = results
     assert all(r.ok for r in results), [r.row() for r in results]
     # a kill between the feature update and the decision memo: the redelivered batch is scored
     # with its first delivery's windows (features.kernels), so every event equals the reference
@@ -36,7 +37,9 @@ def test_reduced_fault_suite(tmp_path: Path) -> None:
     assert kill.recovery_seconds and all(s < 120 for s in kill.recovery_seconds)
     # the poisons alone: every 250th event from the 125th (replay.faults), so the later ones
     # arrive in the backlog the first one's retries build
-    assert poison.dead_letters == len(range(125, poison.events_in, 250)), poison.row()
+    for p in (poison, after):
+        assert p.dead_letters == len(range(125, p.events_in, 250)), p.row()
+        assert p.dead_innocent == 0, p.row()
     # a 2 s CLIENT PAUSE while decisions flow: the worker's latency histogram (what the latency
     # alert reads) shows decisions slower than 1 s, the slowest waited about the pause, and
     # decisions are within the 250 ms objective again soon after the pause ended

@@ -104,3 +104,55 @@ def test_a_lost_connection_fails_every_call_in_flight_and_the_store_recovers(
             call.result()
     again = store.update_batch(["a"], ts, np.array([1.0]), {"card_id": ["c"]})
     assert again[0, count] == 1  # idempotent: the retry counts "a" once either way
+
+
+def test_a_retry_read_before_the_batch_in_flight_is_finished_in_send_order(
+    redis_client: redis.Redis,
+) -> None:
+    """The worker's retry pattern: batch A is read, batch B is already sent, A fails after its
+    features (a stage raised) and is sent again, and the retry is read before B. Every read
+    equals the reference; the retry is a redelivery, B is not (the fault suite's
+    ``poison_after_features`` dead-lettered ~100 innocent events when the retry was finished
+    before B: "feature cache out of step with the server")."""
+    store = RedisFeatureStore(redis_client)
+    ids, ts, amounts, ents = random_stream(400, seed=5, cards=6, dup_rate=0.0)
+
+    def submit(a: int, b: int) -> Pending[np.ndarray]:
+        return store.submit_batch(ids[a:b], ts[a:b], amounts[a:b],
+                                  {k: v[a:b] for k, v in ents.items()})  # fmt: skip
+
+    want = reference_features(ids, ts, amounts, ents, store.spec)
+    warm = submit(0, 100).result()  # the worker's copy now holds the buckets A and B touch
+    first = submit(100, 200)
+    nxt = submit(200, 300)  # in flight while A is read and fails
+    got_a = first.result()
+    retry = submit(100, 200)
+    got_retry = retry.result()
+    assert store.redelivered.all()
+    got_b = nxt.result()
+    assert not store.redelivered.any()
+    assert retry.result() is got_retry and store.redelivered.all()  # read again: same view
+    rest = store.update_batch(ids[300:], ts[300:], amounts[300:],
+                              {k: v[300:] for k, v in ents.items()})  # fmt: skip
+    for got, (a, b) in [(warm, (0, 100)), (got_a, (100, 200)), (got_retry, (100, 200)),
+                        (got_b, (200, 300)), (rest, (300, 400))]:  # fmt: skip
+        assert_features_equal(got, want[a:b], store.feature_names)
+
+
+def test_a_synchronous_batch_is_finished_after_the_ones_in_flight(
+    redis_client: redis.Redis,
+) -> None:
+    """``update_batch`` (and account events) while a submitted batch is unread: the submitted
+    one is finished first, then the synchronous one, both equal to the reference."""
+    store = RedisFeatureStore(redis_client)
+    ids, ts, amounts, ents = random_stream(300, seed=6, cards=6, dup_rate=0.0)
+    want = reference_features(ids, ts, amounts, ents, store.spec)
+    sub = {k: v[:100] for k, v in ents.items()}
+    warm = store.update_batch(ids[:100], ts[:100], amounts[:100], sub)
+    pending = store.submit_batch(ids[100:200], ts[100:200], amounts[100:200],
+                                 {k: v[100:200] for k, v in ents.items()})  # fmt: skip
+    later = store.update_batch(ids[200:], ts[200:], amounts[200:],
+                               {k: v[200:] for k, v in ents.items()})  # fmt: skip
+    assert_features_equal(warm, want[:100], store.feature_names)
+    assert_features_equal(pending.result(), want[100:200], store.feature_names)
+    assert_features_equal(later, want[200:], store.feature_names)
