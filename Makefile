@@ -63,8 +63,9 @@ fuzz: setup ## 1,000,000 hostile messages through a real worker (crashes, accoun
 	$(BIN)/riskstream fuzz --messages 1000000 --out .riskstream/fuzz
 
 .PHONY: bench
-bench: setup ## Benchmarks: .bench/results.json (pipeline) and .bench/review-paging.json (review queue pages)
+bench: setup ## Benchmarks: .bench/results.json (pipeline), .bench/broker-floor.json (the broker alone) and .bench/review-paging.json (review queue pages)
 	$(BIN)/riskstream bench
+	$(BIN)/riskstream bench-broker
 	$(BIN)/riskstream review bench --cases 100000 --out .bench/review-paging.json
 
 .PHONY: review-screenshots

@@ -168,6 +168,44 @@ def bench(
               scaling=scaling)  # fmt: skip
 
 
+@app.command("bench-broker")
+def bench_broker(
+    out: Annotated[Path, typer.Option(help="Where the rounds go (JSON).")] = Path(
+        ".bench/broker-floor.json"
+    ),
+    rate: Annotated[float, typer.Option(min=1, help="Messages per second.")] = 5000.0,
+    seconds: Annotated[float, typer.Option(min=1, help="Length of each round.")] = 12.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds on the same topic.")] = 5,
+) -> None:
+    """The broker's latency floor (producer to a bare consumer) and its cores, round after
+    round on one growing topic: what no worker can go below. RISKSTREAM_KAFKA_BOOTSTRAP names a
+    broker to measure; else the embedded Tansu is started."""
+    import json
+    from contextlib import ExitStack
+
+    from rich.table import Table
+
+    from engine.stack import EmbeddedStack
+    from replay.broker_floor import broker_floor
+
+    with ExitStack() as stack:
+        bootstrap = os.environ.get("RISKSTREAM_KAFKA_BOOTSTRAP") or (
+            stack.enter_context(EmbeddedStack()).kafka_bootstrap
+        )
+        topic = f"broker-floor-{int(time.time())}"
+        res = broker_floor(bootstrap, topic, rate=rate, seconds=seconds, rounds=rounds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rate": rate, "seconds": seconds, "rounds": res}, indent=1))
+    table = Table("round", "messages before", "received", "p50 ms", "p99 ms", "p99.9 ms",
+                  "broker cores", title=f"broker floor at {rate:,.0f}/s")  # fmt: skip
+    for r in res:
+        table.add_row(str(r["round"]), f"{r['messages_before']:,}", f"{r['events']:,}",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['p999_ms']:.1f}",
+                      f"{r['broker_cores']:.2f}")  # fmt: skip
+    Console().print(table)
+    console.print(f"rounds: {out}")
+
+
 def redis_for_offline_work(stack: Any) -> str:
     """RISKSTREAM_REDIS_URL, else a Valkey of the embedded stack started for this command."""
     from engine.stack import EmbeddedStack
@@ -266,7 +304,9 @@ def faults(
     table = Table("scenario", "events in", "decisions", "dead letters", "duplicates",
                   "differing", "lost", "features ok", "recovery s", "> 1 s", "ok")  # fmt: skip
     for r in results:
-        table.add_row(r.scenario, f"{r.events_in:,}", f"{r.decisions:,}", f"{r.dead_letters:,}",
+        dead = f"{r.dead_letters:,}" + (f" ({r.dead_innocent:,} not poison)" if r.dead_innocent
+                                        else "")  # fmt: skip
+        table.add_row(r.scenario, f"{r.events_in:,}", f"{r.decisions:,}", dead,
                       f"{r.duplicates:,}", f"{r.differing:,}",
                       f"{r.lost:,}" + (f" ({r.lost_with_broker:,} in the stopped broker)"
                                        if r.lost_with_broker else ""),
