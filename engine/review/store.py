@@ -25,7 +25,7 @@ caller's pipeline so a batch's cases cost no extra round trip.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -122,71 +122,33 @@ return #KEYS
 _HISTORY_BULK = resp.bulk(HISTORY_SCRIPT.encode())
 
 
-def _history_lists(
-    decisions: Sequence[Any], records: Sequence[Mapping[str, Any]], wrap: Callable[[bytes], bytes]
-) -> dict[str, list[bytes]]:
-    """Each decision's history entry, ``wrap``-ped once, under its card's and its merchant's
-    list key (in arrival order)."""
+def history_command(
+    decisions: Sequence[Any], records: Sequence[Mapping[str, Any]], keep: int = HISTORY_LEN
+) -> bytes:
+    """One packed ``EVAL`` of the history script: each decision goes to its card's and its
+    merchant's recent history (one LPUSH per distinct card or merchant, the newest first,
+    ``keep`` at most). An entry goes to two lists but is packed once (packing the arguments
+    one by one cost a 1,000-event batch ~4 ms)."""
     lists: dict[str, list[bytes]] = {}
-    dumps = orjson.dumps
+    dumps, bulk = orjson.dumps, resp.bulk
     for d, txn in zip(decisions, records, strict=True):
         merchant = str(txn.get("merchant_id") or "")
-        entry = wrap(dumps(
+        entry = bulk(dumps(
             {"event_id": d.event_id, "ts": d.ts, "amount": d.amount, "score": d.score,
              "decision": d.decision, "card_id": d.card_id, "merchant_id": merchant,
              "currency": txn.get("currency") or ""}
         ))  # fmt: skip
         lists.setdefault(f"{HIST_PREFIX}card:{d.card_id}", []).append(entry)
         lists.setdefault(f"{HIST_PREFIX}merchant:{merchant}", []).append(entry)
-    return lists
-
-
-def history_call(
-    decisions: Sequence[Any], records: Sequence[Mapping[str, Any]], keep: int = HISTORY_LEN
-) -> tuple[list[str], list[bytes | int]]:
-    """KEYS and ARGV of the history script that appends each decision to its card's and
-    merchant's recent history (one LPUSH per distinct card or merchant)."""
-    lists = _history_lists(decisions, records, lambda entry: entry)
-    args: list[bytes | int] = [keep, HISTORY_TTL_SECONDS]
-    for entries in lists.values():
-        kept = entries[-keep:]  # pushed in order: the newest ends up first
-        args.append(len(kept))
-        args.extend(kept)
-    return list(lists), args
-
-
-def history_command(
-    decisions: Sequence[Any], records: Sequence[Mapping[str, Any]], keep: int = HISTORY_LEN
-) -> bytes:
-    """:func:`history_call` as one packed ``EVAL`` (RESP), for the live path: an entry goes to
-    two lists but is packed once (packing the call's arguments one by one cost a 1,000-event
-    batch ~4 ms)."""
-    lists = _history_lists(decisions, records, resp.bulk)
-    parts = [resp.pack_args(list(lists)), resp.bulk(b"%d" % keep),
-             resp.bulk(b"%d" % HISTORY_TTL_SECONDS)]  # fmt: skip
+    parts = [resp.pack_args(list(lists)), bulk(b"%d" % keep), bulk(b"%d" % HISTORY_TTL_SECONDS)]
     n = 3 + len(lists) + 2
     for entries in lists.values():
-        kept = entries[-keep:]
-        parts.append(resp.bulk(b"%d" % len(kept)))
+        kept = entries[-keep:]  # pushed in order: the newest ends up first
+        parts.append(bulk(b"%d" % len(kept)))
         parts.extend(kept)
         n += 1 + len(kept)
-    head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (n, _HISTORY_BULK, resp.bulk(b"%d" % len(lists)))
+    head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (n, _HISTORY_BULK, bulk(b"%d" % len(lists)))
     return head + b"".join(parts)
-
-
-def record_history(
-    pipe: redis.client.Pipeline,
-    decisions: Sequence[Any],
-    records: Sequence[Mapping[str, Any]],
-    keep: int = HISTORY_LEN,
-) -> None:
-    """Append each decision to its card's and merchant's recent history (one script call on
-    ``pipe``)."""
-    if not decisions:
-        return
-    keys, args = history_call(decisions, records, keep)
-    script = pipe.register_script(HISTORY_SCRIPT)
-    script(keys=keys, args=args, client=pipe)
 
 
 def history(client: redis.Redis, card_id: str, merchant_id: str) -> dict[str, list[Any]]:

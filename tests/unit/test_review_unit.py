@@ -46,12 +46,21 @@ def test_no_card_number_reaches_a_page() -> None:
     assert pan not in page and "[REDACTED-PAN]" in page
 
 
-def test_the_packed_history_command_is_the_history_call() -> None:
+def test_the_packed_history_command_is_the_script_call() -> None:
     """The live path packs the history script's EVAL itself; the bytes must be what the
-    script call (KEYS/ARGV of ``history_call``) packs to, ``keep`` trimming included."""
+    generic packing of its KEYS/ARGV gives: per card and merchant key (in order of first
+    appearance) the number of entries, then the entries oldest first, ``keep`` trimming
+    included."""
     from types import SimpleNamespace
 
-    from engine.review.store import HISTORY_SCRIPT, history_call, history_command
+    import orjson
+
+    from engine.review.store import (
+        HIST_PREFIX,
+        HISTORY_SCRIPT,
+        HISTORY_TTL_SECONDS,
+        history_command,
+    )
     from features import resp
 
     decisions = [
@@ -61,7 +70,18 @@ def test_the_packed_history_command_is_the_history_call() -> None:
     ]  # fmt: skip
     records = [{"merchant_id": f"m{i % 2}" if i else None, "currency": "EUR"} for i in range(10)]
     for keep in (25, 2):
-        keys, args = history_call(decisions, records, keep)
+        lists: dict[str, list[bytes]] = {}
+        for d, r in zip(decisions, records, strict=True):
+            merchant = r["merchant_id"] or ""
+            entry = orjson.dumps({"event_id": d.event_id, "ts": d.ts, "amount": d.amount,
+                                  "score": d.score, "decision": d.decision,
+                                  "card_id": d.card_id, "merchant_id": merchant,
+                                  "currency": "EUR"})  # fmt: skip
+            lists.setdefault(f"{HIST_PREFIX}card:{d.card_id}", []).append(entry)
+            lists.setdefault(f"{HIST_PREFIX}merchant:{merchant}", []).append(entry)
+        args: list[bytes | int] = [keep, HISTORY_TTL_SECONDS]
+        for entries in lists.values():
+            args += [len(entries[-keep:]), *entries[-keep:]]
         assert history_command(decisions, records, keep) == resp.command(
-            "EVAL", HISTORY_SCRIPT, len(keys), *keys, *args
+            "EVAL", HISTORY_SCRIPT, len(lists), *lists, *args
         )
