@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from engine.batch_consumer import fetch_config
 from engine.sinks import ensure_topics
+from replay.kafka_io import produce, producer
 from replay.proc import cpu_seconds
 
 #: A message about the size of a simulated transaction's JSON.
@@ -44,16 +45,9 @@ class FloorRound:
 
 
 def _pace(bootstrap: str, topic: str, rate: float, n: int, linger_ms: float, tag: bytes) -> None:
-    prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
-    t0 = time.perf_counter()
-    for i in range(n):
-        prod.produce(topic, _VALUE, tag + str(i % 1000).encode())
-        if i % 10 == 9:
-            prod.poll(0)
-            ahead = (i + 1) / rate - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-    prod.flush(60)
+    """The child process: ``n`` messages keyed by the round's ``tag``, paced to ``rate``/s."""
+    items = ((tag + str(i % 1000).encode(), _VALUE) for i in range(n))
+    produce(producer(bootstrap, linger_ms=linger_ms), topic, items, rate)
 
 
 def _round(
