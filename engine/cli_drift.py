@@ -51,6 +51,9 @@ def report(
     scratch_db: Annotated[
         int, typer.Option(min=0, max=15, help="Scratch Redis database for replaying a file.")
     ] = 15,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad row (else OUT/rejected.parquet).")
+    ] = False,
 ) -> None:
     """Write drift.json and a self-contained drift.html (histograms, PSI over time)."""
     from engine.settings import Settings
@@ -71,12 +74,15 @@ def report(
         raise DriftCliError(str(exc)) from None
     settings = Settings()
     version, ref = dr.reference_for(settings, model)
+    quarantined: dict[str, int] = {}
     with ExitStack() as stack:
         if transactions is not None:
             from engine.cli import redis_for_offline_work
 
             settings = settings.model_copy(update={"redis_url": redis_for_offline_work(stack)})
-            log = dr.feature_log(transactions, settings, version, scratch_db)
+            log, quarantined = dr.feature_log(
+                transactions, settings, version, scratch_db, strict=strict, out=out
+            )
             ts = log["ts"].to_numpy()
             if not len(ts):
                 msg = f"{transactions} has no transactions"
@@ -93,9 +99,15 @@ def report(
             counts = dr.counts_since(client, ref, version, since_ms, until_ms)
             source = f"live hourly counts in {settings.redis_url} since {since}"
         result = dr.build_report(ref, counts, period, source)
+    if transactions is not None:
+        result["quarantined"] = quarantined  # rows of the file left out, by reason
     json_path, html_path = dr.write_report(result, out)
     top = ", ".join(
         f"{c['name']} {c['psi']:.3f}" for c in result["columns"][:3] if c["psi"] is not None
     )
     err.print(f"{result['transactions']:,} transactions; most drifted: {top or '—'}")
     err.print(f"wrote {json_path} and {html_path}")
+    if transactions is not None and quarantined:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(quarantined.items()))
+        where = out / "rejected.parquet"
+        err.print(f"{sum(quarantined.values()):,} rows quarantined ({reasons}) in {where}")

@@ -203,7 +203,7 @@ class ScoringService:
                     scored, decoded, dead, report
                 )
         t2 = time.perf_counter()
-        self._emit_dead(dead, self.settings.topic_transactions)
+        self.emit_dead(dead, self.settings.topic_transactions)
         writes = None
         if scored is not None and scored.decisions:
             writes = self._emit_decisions(scored, records, arrived_at, report, answered)
@@ -470,7 +470,8 @@ class ScoringService:
         self.redis.hdel(PENDING_LABELS, *(r["event_id"] for r in labels))
         metrics.EVENTS.labels(self.settings.topic_labels, "valid").inc(len(labels))
 
-    def _emit_dead(self, dead: Sequence[DeadLetter], topic: str) -> None:
+    def emit_dead(self, dead: Sequence[DeadLetter], topic: str) -> None:
+        """Send dead letters (counted and logged by reason; the raw value redacted)."""
         send = self.sink.send
         for d in dead:
             send(self.settings.topic_dead_letter, None, orjson.dumps(d.to_record()))
@@ -486,7 +487,7 @@ class ScoringService:
     def dead_letter_all(self, messages: Sequence[RawMessage], detail: str) -> None:
         """Route a batch that keeps failing to the dead-letter topic, so nothing is lost."""
         dead = processing_failures(messages, detail)
-        self._emit_dead(dead, messages[0].topic if messages else "?")
+        self.emit_dead(dead, messages[0].topic if messages else "?")
         self.sink.flush()
 
     # -- account events -----------------------------------------------------------------------
@@ -495,7 +496,7 @@ class ScoringService:
         """Validate account events and feed them to the feature store (password changes, new
         devices, login countries ... become transaction features)."""
         decoded = decode_batch(messages, ACCOUNT_EVENT, self.settings.max_payload_bytes)
-        self._emit_dead(decoded.dead, self.settings.topic_events)
+        self.emit_dead(decoded.dead, self.settings.topic_events)
         recs = decoded.records
         if recs:
             store = self.pipeline.features
@@ -519,7 +520,7 @@ class ScoringService:
         parked in ``rs:labels:pending`` and applied when the transaction is scored.
         """
         decoded = decode_batch(messages, LABEL, self.settings.max_payload_bytes)
-        self._emit_dead(decoded.dead, self.settings.topic_labels)
+        self.emit_dead(decoded.dead, self.settings.topic_labels)
         report = BatchReport(valid=len(decoded.records), dead=len(decoded.dead))
         topic = self.settings.topic_labels
         if decoded.records:

@@ -90,14 +90,23 @@ def counts_of_log(ref: DriftReference, log: pd.DataFrame, period_ms: int) -> dic
     return out
 
 
-def feature_log(path: Path, settings: Settings, version: str, scratch_db: int) -> pd.DataFrame:
-    """``path`` if it is a feature log, else the feature log of replaying it in-process."""
-    from replay.sources import read_transactions
+def feature_log(
+    path: Path,
+    settings: Settings,
+    version: str,
+    scratch_db: int,
+    strict: bool = False,
+    out: Path | None = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``path`` if it is a feature log (a replay's ``decisions.parquet``), else the feature log
+    of replaying it in-process; and the rows that replay quarantined, by reason (written to
+    ``out/rejected.parquet``; ``strict`` raises at the first instead)."""
+    import pyarrow.parquet as pq
 
-    frame = read_transactions(path) if path.suffix != ".parquet" else pd.read_parquet(path)
-    if {"score", "decision", "ts"} <= set(frame.columns):
-        return frame
+    if path.suffix == ".parquet" and {"score", "decision", "ts"} <= set(pq.read_schema(path).names):
+        return pd.read_parquet(path), {}
     from engine.build import build_service
+    from replay.quarantine import REJECTED_FILE
     from replay.replay import ReplayOptions, ReplaySink, replay_inprocess
     from replay.training import claim_scratch, scratch_url
 
@@ -111,10 +120,16 @@ def feature_log(path: Path, settings: Settings, version: str, scratch_db: int) -
             use_registry=False, live=False,
         )  # fmt: skip
         service.pipeline.champion = ModelRegistry(settings.models_dir).load(version)
-        opts = ReplayOptions(transactions=path, out=Path(tmp) / "out", progress=False)
+        opts = ReplayOptions(transactions=path, out=Path(tmp) / "out", progress=False,
+                             strict=strict)  # fmt: skip
         try:
             replay_inprocess(opts, scratch, service=service)
-            return pd.read_parquet(Path(tmp) / "out" / "decisions.parquet")
+            rejected = pd.read_parquet(Path(tmp) / "out" / REJECTED_FILE)
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                rejected.to_parquet(out / REJECTED_FILE, index=False)
+            reasons = {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}
+            return pd.read_parquet(Path(tmp) / "out" / "decisions.parquet"), reasons
         finally:
             client.flushdb()
 
@@ -266,6 +281,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         for i, c in enumerate(report["columns"])
     )
     shares = ", ".join(f"{k} {fmt(v)}" for k, v in report["decision_shares"].items())
+    bad = report.get("quarantined") or {}
+    quarantined = (
+        f" · {sum(bad.values()):,} rows quarantined ("
+        + esc(", ".join(f"{k} {v:,}" for k, v in sorted(bad.items()))) + ", rejected.parquet)"
+        if bad else ""
+    )  # fmt: skip
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>riskstream drift report</title>
 <style>
@@ -279,7 +300,7 @@ small{{color:#666;font-weight:normal}}
 <h1>Drift report</h1>
 <p>Model <b>{esc(str(report["model"]))}</b> · {esc(report["source"])} ·
 {report["transactions"]:,} transactions from {esc(report["from"])} to {esc(report["until"])}
-· decisions: {esc(shares)}</p>
+· decisions: {esc(shares)}{quarantined}</p>
 <p>PSI: population stability index against the model's training reference (&lt; 0.1 stable,
 0.1–0.25 some shift, &gt; 0.25 a real change; the alert threshold). KS: largest gap between the
 reference and current cumulative distributions. Columns are sorted by PSI.</p>

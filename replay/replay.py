@@ -49,7 +49,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from engine.schemas import RawMessage
+from engine.schemas import DUPLICATE, DeadLetter, RawMessage
 from engine.sinks import NullSink
 from replay.merge import (
     EVENT,
@@ -61,8 +61,10 @@ from replay.merge import (
     Merger,
     Record,
     count_rows,
+    read_chunks,
 )
 from replay.quarantine import REJECTED_FILE, Quarantine, first_bad
+from replay.seen_ids import SeenIds
 
 if TYPE_CHECKING:
     from engine.service import ScoringService
@@ -496,6 +498,7 @@ def replay_inprocess(
             "dead-lettered as duplicate_event_id (empty the Redis database to replay afresh)"
         )
     log = DecisionLog(opts.out, run.first_part) if opts.out is not None else None
+    decided = _decided_before(opts, run.position, log)
     dead_file = (opts.out / "dead_letters.jsonl").open("ab") if opts.out is not None else None
     quarantine = Quarantine()
     # rows are numbered from the merge position, exact unless --from/--until skipped some
@@ -521,8 +524,15 @@ def replay_inprocess(
                 first_row = -1
                 if batch.kind == TRANSACTION and numbered:
                     first_row = batch.position.transactions - len(batch.records)
-                report = process(encode_records(batch.records, topic, first_row))
+                messages = encode_records(batch.records, topic, first_row)
+                repeated = 0
+                if batch.kind == TRANSACTION:
+                    messages, repeated = _drop_decided(messages, batch.records, decided, service)
+                report = process(messages)
+                if batch.kind == TRANSACTION and report.scored is not None:
+                    decided.add([d.event_id for d in report.scored.decisions])
                 result.sent[batch.kind] += len(batch.records)
+                result.dead[batch.kind] += repeated
                 result.valid[batch.kind] += report.valid
                 result.dead[batch.kind] += report.dead
                 result.learned += report.learned
@@ -572,6 +582,54 @@ def replay_inprocess(
     result.complete = True
     run.save(position, 0, done=True)
     return result
+
+
+def _drop_decided(
+    messages: list[RawMessage], records: list[Record], decided: SeenIds, service: ScoringService
+) -> tuple[list[RawMessage], int]:
+    """Dead-letter the transactions whose event id an earlier batch decided.
+
+    The store recognises a copy on the same event-time day (its ``seen`` sets are per day); a
+    file may repeat an id on another day, and the replay decides an id once, as ``train`` and
+    ``backtest`` keep its first row. Returns the rest and how many were dropped.
+    """
+    ids = [r.get("event_id") if isinstance(r, dict) else None for r in records]
+    at = [i for i, e in enumerate(ids) if isinstance(e, str)]
+    if not at or not len(decided):
+        return messages, 0
+    hit = decided.contains([ids[i] for i in at])
+    if not hit.any():
+        return messages, 0
+    drop = {at[k] for k in np.flatnonzero(hit).tolist()}
+    service.emit_dead([
+        DeadLetter(DUPLICATE, f"event_id decided earlier in this replay ({str(ids[i])[:64]}): "
+                   "not scored again", messages[i])
+        for i in sorted(drop)
+    ], messages[0].topic)  # fmt: skip
+    return [m for i, m in enumerate(messages) if i not in drop], len(drop)
+
+
+def _decided_before(
+    opts: ReplayOptions, position: MergePosition, log: DecisionLog | None
+) -> SeenIds:
+    """The ids a resumed replay decided before its checkpoint: its decision parts, or without
+    ``--out`` the transactions before the position (in ``--from``/``--until``)."""
+    decided = SeenIds()
+    if position.transactions == 0:
+        return decided
+    if log is not None:
+        for part in sorted(log.parts_dir.glob("part-*.parquet")):
+            decided.add(pq.read_table(part, columns=["event_id"]).column(0).to_pylist())
+        return decided
+    lo = opts.start_ms if opts.start_ms is not None else -(2**62)
+    hi = opts.until_ms if opts.until_ms is not None else 2**62
+    for chunk in read_chunks(opts.transactions, TRANSACTION, limit=position.transactions):
+        keep = (chunk.ts >= lo) & (chunk.ts < hi)
+        decided.add([
+            r["event_id"] for r, k in zip(chunk.records, keep.tolist(), strict=True)
+            if k and isinstance(r, dict) and isinstance(r.get("event_id"), str)
+        ])  # fmt: skip
+    return decided
 
 
 def _rejected_rows(dead: list[bytes], topic: str) -> pd.DataFrame:

@@ -4,10 +4,10 @@ One JSON-lines file of simulated transactions where 1 % of the rows are bad, of 
 decoder knows (missing and empty fields, unreadable and out-of-range times, amounts that are
 text, null, negative, refunds by ``type``, card numbers in the card field and in a free field,
 lines that are not JSON or not an object, repeated event ids), plus 1 % valid zero-amount
-verifications. ``replay``, ``backtest``, ``rules backtest`` and ``train`` must each finish, write
-``DIR/rejected.parquet`` with exactly the planted rows (row number, a reason the decoder would
-give, never the value), say how many in their summary, and with ``--strict`` stop at the first
-bad row with one line.
+verifications. ``replay``, ``backtest``, ``rules backtest``, ``train`` and ``drift report`` must
+each finish, write ``DIR/rejected.parquet`` with exactly the planted rows (row number, a reason
+the decoder would give, never the value), say how many in their summary, and with ``--strict``
+stop at the first bad row with one line.
 """
 
 from __future__ import annotations
@@ -165,3 +165,23 @@ def test_train_quarantines(
                 "2026-01-02", "--train-end", "2026-01-07", "--strict", "--scratch-db", "14"],
                env)  # fmt: skip
     assert res.returncode == 2 and f"row {min(planted)}:" in res.stderr
+
+    # drift report on the same file, against the model just trained (made the champion)
+    listed = _cli(["models", "list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    versions = [m["version"] for m in orjson.loads(listed.stdout)]
+    assert _cli(["models", "promote", versions[-1]], env).returncode == 0
+    out = tmp_path / "drift"
+    res = _cli(["drift", "report", "--transactions", str(path), "--out", str(out),
+                "--scratch-db", "14"], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    _check_rejected(out, planted, res.stdout + res.stderr)
+    assert f"{len(planted):,} rows quarantined" in " ".join((res.stdout + res.stderr).split())
+    assert f"{len(planted):,} rows quarantined" in (out / "drift.html").read_text()
+    report = orjson.loads((out / "drift.json").read_bytes())
+    assert sum(report["quarantined"].values()) == len(planted)
+    assert report["transactions"] == len(path.read_bytes().splitlines()) - len(planted)
+    res = _cli(["drift", "report", "--transactions", str(path), "--out", str(tmp_path / "ds"),
+                "--scratch-db", "14", "--strict"], env)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"row {min(planted)}:" in res.stderr.strip().splitlines()[-1]

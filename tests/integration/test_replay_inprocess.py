@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pytest
@@ -117,6 +118,62 @@ def test_interrupted_replay_resumes_and_writes_every_decision_once(
     assert result.sent["transaction"] == len(world)
     again = run_replay(ReplayOptions(path, resume=True, **opts), settings)
     assert again.complete  # nothing left to do
+
+
+def cross_day_copies(world: pd.DataFrame, n: int) -> tuple[pd.DataFrame, int]:
+    """``world`` with copies of ``n`` of its first 150 rows, re-stamped 36 h later (another
+    event-time day, the same event id), the file kept in time order."""
+    copies = world.iloc[:150:150 // n].assign(ts=lambda f: f["ts"] + DAY * 3 // 2)
+    both = pd.concat([world, copies], ignore_index=True)
+    return both.sort_values("ts", kind="stable").reset_index(drop=True), len(copies)
+
+
+@pytest.mark.parametrize("with_out", [True, False])
+def test_a_resumed_replay_still_decides_a_re_stamped_copy_once(
+    settings: Settings, world: pd.DataFrame, tmp_path: Path, with_out: bool
+) -> None:
+    """Copies whose original was decided before the checkpoint: the resumed run knows the ids
+    (from its decision parts, or without ``--out`` from the file before the position)."""
+    clean_path, path = tmp_path / "clean.parquet", tmp_path / "tx.parquet"
+    write_transactions(world, clean_path)
+    tx, n_copies = cross_day_copies(world, 30)
+    write_transactions(tx, path)
+    opts: dict[str, Any] = {"progress": False, "batch_size": 100, "part_rows": 250}
+    clean = run_replay(ReplayOptions(clean_path, out=tmp_path / "clean", **opts), settings)
+    assert clean.complete and sum(clean.dead.values()) == 0
+    redis.Redis.from_url(settings.redis_url).flushdb()
+
+    out = tmp_path / "out" if with_out else None
+    service = build_service(settings, sink=ReplaySink("dead-letter"), live=False)
+    real, calls = service.process_transactions, {"n": 0}
+
+    def interrupted(messages: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 8:  # after 700 rows: every original (the first 150) is decided
+            raise KeyboardInterrupt
+        return real(messages)
+
+    service.process_transactions = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        replay_inprocess(ReplayOptions(path, out=out, checkpoint_seconds=0, **opts), settings,
+                         service=service)  # fmt: skip
+    result = run_replay(ReplayOptions(path, out=out, resume=True, checkpoint_seconds=0, **opts),
+                        settings)  # fmt: skip
+    assert result.resumed and result.complete
+    assert result.sent["transaction"] == len(world) + n_copies
+    assert result.valid["transaction"] == len(world)
+    assert result.dead["transaction"] == n_copies
+    assert result.dead_reasons == {"duplicate_event_id": n_copies}
+    if out is None:
+        return
+    got = pd.read_parquet(out / "decisions.parquet")
+    want = pd.read_parquet(tmp_path / "clean" / "decisions.parquet")
+    assert got["event_id"].tolist() == want["event_id"].tolist()
+    pd.testing.assert_frame_equal(got, want)
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    copy_rows = np.flatnonzero(tx["event_id"].duplicated().to_numpy())
+    assert rejected["row"].tolist() == copy_rows.tolist()
+    assert set(rejected["reason"]) == {"duplicate_event_id"}
 
 
 def test_cli_simulate_handbook_and_replay(settings: Settings, tmp_path: Path) -> None:
