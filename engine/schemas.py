@@ -40,9 +40,11 @@ OVERSIZE = "oversize"
 DUPLICATE = "duplicate_event_id"
 PROCESSING_ERROR = "processing_error"
 REFUND = "refund_not_supported"
+#: a row of a file that does not split into its header's fields (files only: a CSV line)
+MALFORMED_ROW = "malformed_row"
 REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_AMOUNT, INVALID_TIMESTAMP,
-    CARD_NUMBER, OVERSIZE, DUPLICATE, PROCESSING_ERROR, REFUND,
+    CARD_NUMBER, OVERSIZE, DUPLICATE, PROCESSING_ERROR, REFUND, MALFORMED_ROW,
 )  # fmt: skip
 #: Values of a transaction's optional ``type`` that move money back to the card: not scored
 #: (a refund is not an authorisation risk decision), dead-lettered as ``refund_not_supported``.

@@ -48,7 +48,15 @@ import orjson
 import pandas as pd
 import pyarrow.parquet as pq
 
-from replay.sources import PathLike, file_format, normalise, open_in, raw_chunks
+from replay.sources import (
+    MALFORMED,
+    MALFORMED_RAW,
+    PathLike,
+    file_format,
+    normalise,
+    open_in,
+    raw_chunks,
+)
 
 EVENT, TRANSACTION, LABEL = "event", "transaction", "label"
 KINDS = (EVENT, TRANSACTION, LABEL)
@@ -219,13 +227,22 @@ def _raw_record(row: dict[str, Any]) -> dict[str, Any]:
 
 def _frame_rows(df: pd.DataFrame, kind: str) -> _Part:
     """The rows of a frame; a frame that does not normalise is split in halves until the rows
-    that break it are alone, and those are passed on unconverted (the engine judges them)."""
+    that break it are alone, and those are passed on unconverted (the engine judges them).
+    A CSV line that did not split into fields is passed on as ``{MALFORMED, MALFORMED_RAW}``."""
+    if MALFORMED in df.columns:
+        why, raw = df[MALFORMED].to_numpy(), df[MALFORMED_RAW].to_numpy()
+        broken = df[MALFORMED].notna().to_numpy()
+        df = df.drop(columns=[MALFORMED, MALFORMED_RAW])
+        if broken.any():
+            return _with_malformed(df, broken, why, raw, kind)
     try:
         good = normalise(df.copy())
     except (ValueError, TypeError, OverflowError, pd.errors.ParserError):
         if len(df) == 1:
             raw = _raw_record(df.iloc[0].to_dict())
             t = _lenient_ts(raw.get("ts"))
+            if t is not None:  # a CSV reads every value of a column with a bad one as text
+                raw["ts"] = t
             fraud = np.array([_fraud_code(raw.get("is_fraud"))], dtype=np.int8)
             if kind == TRANSACTION:
                 for col in LABEL_COLUMNS:
@@ -248,6 +265,23 @@ def _frame_rows(df: pd.DataFrame, kind: str) -> _Part:
     else:
         ts, has = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     return _Part(ts, has, list(_records_of(good)), fraud)
+
+
+def _with_malformed(
+    df: pd.DataFrame, broken: npt.NDArray[np.bool_], why: Any, raw: Any, kind: str
+) -> _Part:
+    """Runs of readable rows through :func:`_frame_rows`, the broken ones as marker records."""
+    parts: list[_Part] = []
+    edges = np.flatnonzero(np.diff(broken.astype(np.int8))) + 1
+    for lo, hi in zip([0, *edges.tolist()], [*edges.tolist(), len(broken)], strict=True):
+        if not broken[lo]:
+            parts.append(_frame_rows(df.iloc[lo:hi], kind))
+            continue
+        n = hi - lo
+        records: list[Record] = [{MALFORMED: why[i], MALFORMED_RAW: raw[i]} for i in range(lo, hi)]
+        parts.append(_Part(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool), records,
+                           np.full(n, -1, dtype=np.int8)))  # fmt: skip
+    return _Part.concat(parts)
 
 
 def _json_rows(lines: list[bytes], kind: str) -> _Part:

@@ -30,6 +30,7 @@ from engine.schemas import (
     DUPLICATE,
     INVALID_AMOUNT,
     INVALID_TIMESTAMP,
+    MALFORMED_ROW,
     MAX_TS_MS,
     MIN_TS_MS,
     MISSING_FIELD,
@@ -38,6 +39,7 @@ from engine.schemas import (
     TRANSACTION,
     WRONG_TYPE,
 )
+from replay.sources import MALFORMED, MALFORMED_RAW
 
 REJECTED_FILE = "rejected.parquet"
 REJECTED_COLUMNS = ("row", "reason", "detail")
@@ -71,6 +73,12 @@ def split_frame(
         reason[fresh] = why
         detail[fresh] = what
 
+    malformed = MALFORMED in df.columns
+    if malformed:  # a CSV line that did not split into the header's fields
+        broken = df[MALFORMED].notna().to_numpy()
+        reason[broken] = MALFORMED_ROW
+        detail[broken] = df[MALFORMED].to_numpy()[broken]
+        df = df.drop(columns=[c for c in (MALFORMED, MALFORMED_RAW) if c in df.columns])
     # card numbers first: the decoder looks for them before anything else
     for name in [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(
             df[c])]:  # fmt: skip
@@ -110,6 +118,8 @@ def split_frame(
         "reason": reason[bad].astype(str), "detail": detail[bad].astype(str),
     }) if bad.any() else _empty()  # fmt: skip
     good = df.loc[~bad] if bad.any() else df
+    if malformed and "is_fraud" in good.columns and not good["is_fraud"].isna().any():
+        good = good.astype({"is_fraud": bool})  # the malformed rows' gaps made it nullable
     return good, rejected
 
 

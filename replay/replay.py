@@ -49,7 +49,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from engine.schemas import DUPLICATE, DeadLetter, RawMessage
+from engine.schemas import DUPLICATE, MALFORMED_ROW, DeadLetter, RawMessage
 from engine.sinks import NullSink
 from replay.merge import (
     EVENT,
@@ -65,6 +65,7 @@ from replay.merge import (
 )
 from replay.quarantine import REJECTED_FILE, Quarantine, first_bad
 from replay.seen_ids import SeenIds
+from replay.sources import MALFORMED, MALFORMED_RAW
 
 if TYPE_CHECKING:
     from engine.service import ScoringService
@@ -253,15 +254,20 @@ def _default(value: Any) -> Any:
 
 
 def encode_records(records: list[Record], topic: str, first_row: int = -1) -> list[RawMessage]:
-    """Records as the raw messages a worker would receive (bytes records pass as they are);
-    ``first_row`` >= 0: each message's offset is its row in the file (dead letters name it)."""
+    """Records as the raw messages a worker would receive (bytes records, and the lines of
+    malformed CSV rows, pass as they are); ``first_row`` >= 0: each message's offset is its row
+    in the file (dead letters name it)."""
     dumps, opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+
+    def value(r: Record) -> bytes:
+        if isinstance(r, bytes):
+            return r
+        if MALFORMED in r:
+            return bytes(r[MALFORMED_RAW])
+        return dumps(r, option=opt, default=_default)
+
     return [
-        RawMessage(
-            r if isinstance(r, bytes) else dumps(r, option=opt, default=_default),
-            topic,
-            offset=first_row + i if first_row >= 0 else -1,
-        )  # fmt: skip
+        RawMessage(value(r), topic, offset=first_row + i if first_row >= 0 else -1)
         for i, r in enumerate(records)
     ]
 
@@ -525,14 +531,15 @@ def replay_inprocess(
                 if batch.kind == TRANSACTION and numbered:
                     first_row = batch.position.transactions - len(batch.records)
                 messages = encode_records(batch.records, topic, first_row)
-                repeated = 0
+                drop = _malformed(batch.records)
                 if batch.kind == TRANSACTION:
-                    messages, repeated = _drop_decided(messages, batch.records, decided, service)
+                    drop.update(_decided(batch.records, decided))
+                messages = _reject(messages, drop, service)
                 report = process(messages)
                 if batch.kind == TRANSACTION and report.scored is not None:
                     decided.add([d.event_id for d in report.scored.decisions])
                 result.sent[batch.kind] += len(batch.records)
-                result.dead[batch.kind] += repeated
+                result.dead[batch.kind] += len(drop)
                 result.valid[batch.kind] += report.valid
                 result.dead[batch.kind] += report.dead
                 result.learned += report.learned
@@ -584,29 +591,41 @@ def replay_inprocess(
     return result
 
 
-def _drop_decided(
-    messages: list[RawMessage], records: list[Record], decided: SeenIds, service: ScoringService
-) -> tuple[list[RawMessage], int]:
-    """Dead-letter the transactions whose event id an earlier batch decided.
+def _malformed(records: list[Record]) -> dict[int, tuple[str, str]]:
+    """The rows of a file that did not split into fields (a CSV line): row -> reason, detail."""
+    return {
+        i: (MALFORMED_ROW, str(r[MALFORMED]))
+        for i, r in enumerate(records)
+        if isinstance(r, dict) and MALFORMED in r
+    }
+
+
+def _decided(records: list[Record], decided: SeenIds) -> dict[int, tuple[str, str]]:
+    """The transactions whose event id an earlier batch decided.
 
     The store recognises a copy on the same event-time day (its ``seen`` sets are per day); a
     file may repeat an id on another day, and the replay decides an id once, as ``train`` and
-    ``backtest`` keep its first row. Returns the rest and how many were dropped.
+    ``backtest`` keep its first row.
     """
     ids = [r.get("event_id") if isinstance(r, dict) else None for r in records]
     at = [i for i, e in enumerate(ids) if isinstance(e, str)]
     if not at or not len(decided):
-        return messages, 0
+        return {}
     hit = decided.contains([ids[i] for i in at])
-    if not hit.any():
-        return messages, 0
-    drop = {at[k] for k in np.flatnonzero(hit).tolist()}
-    service.emit_dead([
-        DeadLetter(DUPLICATE, f"event_id decided earlier in this replay ({str(ids[i])[:64]}): "
-                   "not scored again", messages[i])
-        for i in sorted(drop)
-    ], messages[0].topic)  # fmt: skip
-    return [m for i, m in enumerate(messages) if i not in drop], len(drop)
+    detail = "event_id decided earlier in this replay ({}): not scored again"
+    return {at[k]: (DUPLICATE, detail.format(str(ids[at[k]])[:64]))
+            for k in np.flatnonzero(hit).tolist()}  # fmt: skip
+
+
+def _reject(
+    messages: list[RawMessage], drop: dict[int, tuple[str, str]], service: ScoringService
+) -> list[RawMessage]:
+    """Dead-letter the rows in ``drop`` (row -> reason, detail); the rest go on."""
+    if not drop:
+        return messages
+    dead = [DeadLetter(reason, detail, messages[i]) for i, (reason, detail) in sorted(drop.items())]
+    service.emit_dead(dead, messages[0].topic)
+    return [m for i, m in enumerate(messages) if i not in drop]
 
 
 def _decided_before(

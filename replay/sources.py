@@ -8,11 +8,20 @@ identical: identifiers and other text columns as pandas' string dtype, ``ts`` as
 milliseconds (ISO-8601 text with a zone is converted), ``amount`` float64, ``is_fraud`` bool.
 Columns the engine does not know are kept as they are. One limitation of CSV: a missing text value
 and an empty one are the same there, both read back as ``""``.
+
+A CSV row is one record (blank lines between rows are skipped and not counted, as pandas does; a
+quoted field may span lines). A row that does not split into the header's fields (too many or
+too few, a quote that never closes) is not fatal: it becomes a row with only :data:`MALFORMED`
+(why) and :data:`MALFORMED_RAW` (the line) set, for :mod:`replay.quarantine` and ``replay`` to
+reject that row alone.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +41,10 @@ _STR = pd.Series(["x"]).dtype  # pandas' default string dtype ("str" on pandas >
 _OBJECT_STR = _STR.kind == "O" and not isinstance(_STR, pd.StringDtype)
 _PARQUET_ROW_GROUP = 64 * 1024
 _JSON_CHUNK = 100_000
+#: Columns of a CSV row that could not be read: the reason, and the line as it was (bytes).
+MALFORMED = "_malformed"
+MALFORMED_RAW = "_malformed_raw"
+_CSV_BLOCK = 50_000  # rows per pandas call
 
 PathLike = str | Path
 
@@ -198,6 +211,178 @@ def _csv_header(path: Path) -> list[str]:
     return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
+def _fields(line: bytes) -> int | str:
+    """The number of fields of one CSV row, or why it cannot be split."""
+    if b'"' not in line:
+        return line.count(b",") + 1
+    try:
+        rows = list(csv.reader([line.decode("utf-8", "replace").rstrip("\r\n")], strict=True))
+    except csv.Error as exc:
+        return f"unreadable CSV line ({exc})"
+    return len(rows[0]) if len(rows) == 1 else "a row that is not one CSV record"
+
+
+def _bad_widths(lines: list[bytes], joined: bytes, width: int) -> dict[int, str]:
+    """Rows that do not have ``width`` fields (why, by row); without quotes in the block the
+    commas are counted over the whole block at once."""
+    if b'"' in joined:
+        out: dict[int, str] = {}
+        for i, line in enumerate(lines):
+            n = _fields(line)
+            if n != width:
+                out[i] = n if isinstance(n, str) else _wrong_width(n, width)
+        return out
+    buf = np.frombuffer(joined, dtype=np.uint8)
+    ends = np.cumsum(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)))
+    counts = np.diff(np.searchsorted(np.flatnonzero(buf == ord(",")), ends), prepend=0) + 1
+    return {int(i): _wrong_width(int(counts[i]), width) for i in np.flatnonzero(counts != width)}
+
+
+def _wrong_width(n: int, width: int) -> str:
+    return f"the CSV line has {n} fields, the header {width}"
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parse_csv(head: bytes, lines: list[bytes], names: list[str]) -> pd.DataFrame:
+    frame = pd.read_csv(io.BytesIO(head + b"".join(lines)), **_csv_options(names))
+    if len(frame) != len(lines):
+        msg = f"{len(lines)} lines read as {len(frame)} rows"
+        raise ValueError(msg)
+    return frame
+
+
+def _csv_block(head: bytes, lines: list[bytes], names: list[str]) -> pd.DataFrame:
+    """``lines`` (each one row, ending in a newline) read like the whole file would be; a row
+    that does not split into the header's fields has only the two malformed columns."""
+    why: dict[int, str] = {}
+    joined = b"".join(lines)
+    if not _is_utf8(joined):
+        why = {i: "not UTF-8 text" for i, line in enumerate(lines) if not _is_utf8(line)}
+    for i, reason in _bad_widths(lines, joined, len(names)).items():
+        why.setdefault(int(i), reason)
+    good = [i for i in range(len(lines)) if i not in why] if why else list(range(len(lines)))
+    try:
+        frame = _parse_csv(head, [lines[i] for i in good] if why else lines, names)
+    except (ValueError, pd.errors.ParserError):  # pandas saw what the checks above did not
+        for i in good:
+            try:
+                _parse_csv(head, [lines[i]], names)
+            except (ValueError, pd.errors.ParserError) as exc:
+                why[i] = f"unreadable CSV line ({str(exc).splitlines()[0][:80]})"
+        good = [i for i in range(len(lines)) if i not in why]
+        frame = _parse_csv(head, [lines[i] for i in good], names)
+    if not why:
+        return frame
+    frame = frame.set_axis(good).reindex(range(len(lines)))
+    bad = sorted(why)
+    frame[MALFORMED] = pd.Series([why[i] for i in bad], index=bad, dtype=object)
+    frame[MALFORMED_RAW] = pd.Series([lines[i].rstrip(b"\r\n") for i in bad], index=bad,
+                                     dtype=object)  # fmt: skip
+    return frame
+
+
+#: A quoted field may span lines; a row still open after this many lines is an unclosed quote.
+_MAX_ROW_LINES = 64
+_READ_HINT = 1 << 20  # bytes of lines read at a time
+
+
+def _csv_rows(f: IO[bytes], width: int) -> Iterator[list[bytes]]:
+    """The rows of a CSV body, a list at a time, each ending in a newline; blank lines between
+    rows skipped. Lines are joined while a quoted field spans them (an odd number of quotes so
+    far); when the joined lines do not make one record of ``width`` fields (a quote that never
+    closes, or closes on a stray quote lines later), the first line is given alone (malformed)
+    and the others are read again as rows. Lines without quotes go through a list at a time."""
+    ahead: deque[bytes] = deque()
+
+    def read() -> list[bytes]:
+        group = f.readlines(_READ_HINT)
+        if group and not group[-1].endswith(b"\n"):  # the file's last line
+            group[-1] += b"\n"
+        return group
+
+    def pull() -> bytes | None:
+        if not ahead:
+            ahead.extend(read())
+        return ahead.popleft() if ahead else None
+
+    while True:
+        if not ahead:
+            group = read()
+            if not group:
+                return
+            joined = b"".join(group)
+            if b'"' not in joined:
+                yield [line for line in group if line.strip()]
+                continue
+            ahead.extend(group)
+        line = pull()
+        if line is None:
+            return
+        if not line.strip():
+            continue
+        if line.count(b'"') % 2 == 0:
+            yield [line]
+            continue
+        taken = [line]
+        row = line
+        while row.count(b'"') % 2 and len(taken) < _MAX_ROW_LINES:
+            more = pull()
+            if more is None:
+                break
+            taken.append(more)
+            row += more
+        if row.count(b'"') % 2 == 0 and _fields(row) == width:
+            yield [row]
+        else:  # not one record: the first line alone, the others read again
+            yield [line]
+            ahead.extendleft(reversed(taken[1:]))
+
+
+def _csv_blocks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """The CSV file in frames of at most ``rows`` rows (index from 0), malformed rows kept."""
+    names = _csv_header(path)
+    with open_in(path) as f:
+        head = f.readline()
+        if not head.endswith(b"\n"):
+            head += b"\n"
+        block: list[bytes] = []
+        parse = max(rows, _CSV_BLOCK)  # pandas is called on big blocks: it costs ~1 ms a call
+        for got in _csv_rows(f, len(names)):
+            block.extend(got)
+            if len(block) >= parse:
+                yield from _slices(_csv_block(head, block[:parse], names), rows)
+                del block[:parse]
+        if block:
+            yield from _slices(_csv_block(head, block, names), rows)
+
+
+def _slices(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
+    if len(frame) <= rows:
+        yield frame
+        return
+    for lo in range(0, len(frame), rows):
+        yield frame.iloc[lo : lo + rows].reset_index(drop=True)
+
+
+def _read_csv(path: Path, lenient: bool) -> pd.DataFrame:
+    frames = list(_csv_blocks(path, _CSV_BLOCK))
+    if not frames:
+        return pd.read_csv(path, **_csv_options(_csv_header(path)))
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if MALFORMED in frame.columns and not lenient:
+        row = int(np.flatnonzero(frame[MALFORMED].notna().to_numpy())[0])
+        msg = f"{path}: row {row}: {frame[MALFORMED].iloc[row]}"
+        raise ValueError(msg)
+    return frame
+
+
 def _json_frame(lines: list[bytes], lenient: bool = False) -> pd.DataFrame:
     rows = [line for line in lines if line.strip()]
     if lenient:  # a line that is not a JSON object becomes a row without fields (rejected)
@@ -233,7 +418,7 @@ def read_transactions(path: PathLike, lenient: bool = False) -> pd.DataFrame:
     if fmt == "parquet":
         return normalise(pq.read_table(p).to_pandas(), lenient)
     if fmt == "csv":
-        return normalise(pd.read_csv(p, **_csv_options(_csv_header(p))), lenient)
+        return normalise(_read_csv(p, lenient), lenient)
     with open_in(p) as f:
         return _json_frame(f.read().splitlines(), lenient)
 
@@ -252,9 +437,7 @@ def raw_chunks(path: PathLike, batch_size: int) -> Iterator[pd.DataFrame | list[
         finally:
             pf.close()
     elif fmt == "csv":
-        with pd.read_csv(p, chunksize=batch_size, **_csv_options(_csv_header(p))) as reader:
-            for chunk in reader:
-                yield chunk.reset_index(drop=True)
+        yield from _csv_blocks(p, batch_size)
     else:
         with open_in(p) as f:
             lines: list[bytes] = []
@@ -277,5 +460,11 @@ def iter_batches(path: PathLike, batch_size: int = 100_000) -> Iterator[pd.DataF
     if batch_size < 1:
         msg = "batch_size must be >= 1"
         raise ValueError(msg)
+    seen = 0
     for chunk in raw_chunks(path, batch_size):
+        if isinstance(chunk, pd.DataFrame) and MALFORMED in chunk.columns:
+            row = int(np.flatnonzero(chunk[MALFORMED].notna().to_numpy())[0])
+            msg = f"{path}: row {seen + row}: {chunk[MALFORMED].iloc[row]}"
+            raise ValueError(msg)
+        seen += len(chunk)
         yield normalise(chunk) if isinstance(chunk, pd.DataFrame) else _json_frame(chunk)

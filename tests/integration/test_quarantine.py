@@ -185,3 +185,77 @@ def test_train_quarantines(
                 "--scratch-db", "14", "--strict"], env)  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"row {min(planted)}:" in res.stderr.strip().splitlines()[-1]
+
+
+def _set_field(line: bytes, k: int, value: bytes) -> bytes:
+    fields = line.rstrip(b"\n").split(b",")
+    fields[k] = value
+    return b",".join(fields) + b"\n"
+
+
+@pytest.fixture(scope="module")
+def spoiled_csv(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[int, tuple[str, ...]], int]:
+    """A CSV export with lines that do not split into its header's fields (too many, too few, a
+    quote that never closes, binary junk) and bad values in well-formed lines; a blank line."""
+    from replay.sources import write_transactions
+
+    df = simulate(days=6, seed=8, n_customers=200, n_merchants=60)
+    base = tmp_path_factory.mktemp("quarantine-csv")
+    write_transactions(df, base / "clean.csv")
+    header, *rows = (base / "clean.csv").read_bytes().splitlines(keepends=True)
+    width = header.count(b",") + 1
+    spoil = [
+        ("extra_fields", lambda r: r.rstrip(b"\n") + b",x,y\n"),
+        ("few_fields", lambda r: b",".join(r.split(b",")[:4]) + b"\n"),
+        ("open_quote", lambda r: b'"' + r),
+        ("binary", lambda r: b"\x00\xff\xfe" + b"," * (width - 1) + b"\n"),
+        ("amount_text", lambda r: _set_field(r, 5, b"12.5x")),
+        ("ts_text", lambda r: _set_field(r, 1, b"yesterday")),
+    ]
+    reasons = {"extra_fields": ("malformed_row",), "few_fields": ("malformed_row",),
+               "open_quote": ("malformed_row",), "binary": ("malformed_row",),
+               "amount_text": ("invalid_amount", "wrong_type"),
+               "ts_text": ("invalid_timestamp",)}  # fmt: skip
+    out, planted = [header], {}
+    for i, row in enumerate(rows):
+        if i % 90 == 45:
+            kind, fn = spoil[(i // 90) % len(spoil)]
+            planted[len(out) - 1] = reasons[kind]
+            out.append(fn(row))
+        else:
+            out.append(row)
+        if i == 100:
+            out.append(b"\n")  # a blank line is not a row: nothing after it shifts
+    path = base / "tx.csv"
+    path.write_bytes(b"".join(out))
+    assert set(planted.values()) == set(reasons.values())
+    planted = {row - (row > 101): why for row, why in planted.items()}
+    return path, planted, len(rows) - len(planted)
+
+
+def test_csv_lines_that_do_not_split_are_quarantined(
+    spoiled_csv: tuple[Path, dict[int, tuple[str, ...]], int], stack: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    path, planted, valid = spoiled_csv
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 11), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    for command in (["replay", "--to", "inprocess", "--no-progress"],
+                    ["rules", "backtest", "--label-delay", "1d"]):  # fmt: skip
+        out = tmp_path / command[0]
+        res = _cli([*command, "--transactions", str(path), "--out", str(out)], env)
+        assert res.returncode == 0, res.stderr
+        assert "Traceback" not in res.stderr
+        rejected = pd.read_parquet(out / "rejected.parquet")
+        assert sorted(rejected["row"]) == sorted(planted)
+        for row, reason in zip(rejected["row"], rejected["reason"], strict=True):
+            assert reason in planted[int(row)], (command[0], row, planted[int(row)], reason)
+        env["RISKSTREAM_REDIS_URL"] = _db(stack, 11)
+    decisions = pd.read_parquet(tmp_path / "replay" / "decisions.parquet")
+    assert len(decisions) == valid and decisions["event_id"].is_unique
+    res = _cli(["backtest", "--transactions", str(path), "--train-start", "2026-01-01",
+                "--train-end", "2026-01-04", "--test-start", "2026-01-04", "--test-end",
+                "2026-01-07", "--out", str(tmp_path / "s"), "--strict"], env)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"row {min(planted)}: {planted[min(planted)][0]}" in res.stderr

@@ -12,8 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replay.quarantine import load_transactions
 from replay.simulate import simulate
-from replay.sources import file_format, iter_batches, read_transactions, write_transactions
+from replay.sources import (
+    file_format,
+    iter_batches,
+    raw_chunks,
+    read_transactions,
+    write_transactions,
+)
 
 SUFFIXES = [".parquet", ".csv", ".jsonl", ".json", ".csv.gz", ".jsonl.gz"]
 
@@ -200,3 +207,65 @@ def test_round_trip_arbitrary_values(
 def test_bad_batch_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         next(iter_batches(tmp_path / "x.parquet", 0))
+
+
+def test_csv_lines_that_do_not_split_are_rows_not_errors(df: pd.DataFrame, tmp_path: Path) -> None:
+    """Too many fields, too few, a quote that never closes, one that closes on a stray quote
+    lines later, binary junk: each is one malformed row (numbered like every other row, blank
+    lines not counted), the rows around it read as they would without it; a quoted field that
+    spans lines stays one row. ``lenient=False`` names the first bad row."""
+    clean = df.iloc[:40].reset_index(drop=True)
+    clean.loc[5, "merchant_id"] = "two\nlines, quoted"
+    good = tmp_path / "good.csv"
+    write_transactions(clean, good)
+    lines = good.read_bytes().splitlines(keepends=True)
+    header, body = lines[0], lines[1:]
+    rows: list[bytes] = []  # one entry per row of the file (a spanning row is two lines)
+    i = 0
+    while i < len(body):
+        if body[i].count(b'"') % 2:
+            rows.append(body[i] + body[i + 1])
+            i += 2
+        else:
+            rows.append(body[i])
+            i += 1
+    assert len(rows) == len(clean)
+    junk = {
+        3: rows[3].rstrip(b"\n") + b",extra,fields\n",
+        10: b"only,three,fields\n",
+        12: b'"never closed,' + rows[12],
+        20: b'stray " quote,' + rows[20],
+        30: b"\x00\x01binary,junk\n",
+    }
+    out, planted, n = [header], [], 0  # n: rows so far (header and blank lines excluded)
+    for k, row in enumerate(rows):
+        out.append(row)
+        n += 1
+        if k in junk:
+            planted.append(n)
+            out.append(junk[k])
+            n += 1
+        if k == 15:
+            out.append(b"\n")  # blank: not a row
+    dirty = tmp_path / "dirty.csv"
+    dirty.write_bytes(b"".join(out))
+    back = read_transactions(dirty, lenient=True)
+    assert len(back) == len(clean) + len(junk)
+    broken = back["_malformed"].notna().to_numpy()
+    assert np.flatnonzero(broken).tolist() == planted
+    kept, quarantine = load_transactions(dirty)  # what train and backtest read
+    pd.testing.assert_frame_equal(kept, clean, check_exact=True)
+    rejected = quarantine.frame()
+    assert rejected["row"].tolist() == planted
+    assert set(rejected["reason"]) == {"malformed_row"}
+    assert not rejected["detail"].str.contains("binary").any()  # the reason, never the value
+    assert b"binary,junk" in back["_malformed_raw"].iloc[planted[-1]]
+    with pytest.raises(ValueError, match=f"row {planted[0]}: the CSV line has 16 fields"):
+        read_transactions(dirty)
+    # streamed in blocks (replay), the same rows with the same marks
+    blocks = [b for b in raw_chunks(dirty, 7) if isinstance(b, pd.DataFrame)]
+    assert all(len(b) <= 7 for b in blocks)
+    streamed = pd.concat(blocks, ignore_index=True)
+    assert np.flatnonzero(streamed["_malformed"].notna().to_numpy()).tolist() == planted
+    with pytest.raises(ValueError, match="the CSV line has 16 fields"):
+        list(iter_batches(dirty, 7))
