@@ -272,6 +272,10 @@ def backtest(
         reasons = ", ".join(f"{k}={v:,}" for k, v in report["quarantined"].items())
         console.print(f"quarantined {report['n_quarantined']:,} rows ({reasons}): "
                       f"{out / 'rejected.parquet'}")  # fmt: skip
+    if report["n_labels_quarantined"]:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in report["labels_quarantined"].items())
+        console.print(f"quarantined {report['n_labels_quarantined']:,} label rows ({reasons}): "
+                      f"{out / 'rejected-labels.parquet'}")  # fmt: skip
     console.print(f"report: {out / 'report.html'}")
 
 

@@ -141,6 +141,11 @@ def backtest(
         reasons = ", ".join(f"{k}={v:,}" for k, v in report.quarantined.items())
         n = sum(report.quarantined.values())
         out.print(f"quarantined {n:,} rows ({reasons}): {out_dir / 'rejected.parquet'}")
+    if report.labels_quarantined:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in report.labels_quarantined.items())
+        n = sum(report.labels_quarantined.values())
+        where = out_dir / "rejected-labels.parquet"
+        out.print(f"quarantined {n:,} label rows ({reasons}): {where}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -43,9 +43,8 @@ from replay.metrics import (
     revealed_frauds,
     to_day,
 )
-from replay.quarantine import load_transactions
+from replay.quarantine import REJECTED_LABELS_FILE, Quarantine, load_labels, load_transactions
 from replay.report import render_html
-from replay.sources import read_transactions
 
 console = Console(stderr=True)
 DAY_MS = 86_400_000
@@ -59,18 +58,20 @@ class Period:
     test_end: int
 
 
-def _labels(df: pd.DataFrame, labels_path: Path | None, delay_ms: int) -> pd.DataFrame:
-    """Labels with the time they became known, sorted by that time."""
+def _labels(
+    df: pd.DataFrame, labels_path: Path | None, delay_ms: int, strict: bool = False,
+    out: Path | None = None,
+) -> tuple[pd.DataFrame, Quarantine]:  # fmt: skip
+    """Labels with the time they became known, sorted by that time, and the labels file's
+    rejected rows (written to ``out/rejected-labels.parquet``)."""
     if labels_path is not None:
-        lab = (
-            read_transactions(labels_path)
-            if labels_path.suffix != ".json"
-            else pd.read_json(labels_path, lines=True)
-        )
-        return lab[["event_id", "ts", "is_fraud"]].sort_values("ts", kind="stable")
+        lab, rejected = load_labels(labels_path, strict=strict)
+        if out is not None:
+            rejected.write(out, REJECTED_LABELS_FILE)
+        return lab[["event_id", "ts", "is_fraud"]].sort_values("ts", kind="stable"), rejected
     lab = df.loc[:, ["event_id", "ts", "is_fraud"]].copy()
     lab["ts"] = lab["ts"] + delay_ms
-    return lab.sort_values("ts", kind="stable")
+    return lab.sort_values("ts", kind="stable"), Quarantine()
 
 
 def feature_log(
@@ -145,7 +146,7 @@ def run_backtest(
     df = df[df["ts"] < period.test_end].sort_values("ts", kind="stable").reset_index(drop=True)
     redis.Redis.from_url(settings.redis_url).flushdb()  # a backtest starts from empty state
     service = build_service(settings, sink=NullSink(), use_registry=False, live=False)
-    labels = _labels(df, labels_path, label_delay_ms)
+    labels, bad_labels = _labels(df, labels_path, label_delay_ms, strict, out)
     x, names, t_features = feature_log(service, df, labels, settings.batch_size, quarantine.count)
     ts = df["ts"].to_numpy()
     y = df["is_fraud"].to_numpy().astype(bool)
@@ -203,6 +204,8 @@ def run_backtest(
         "n_transactions_replayed": len(df),
         "n_quarantined": quarantine.count,
         "quarantined": quarantine.by_reason(),
+        "n_labels_quarantined": bad_labels.count,
+        "labels_quarantined": bad_labels.by_reason(),
         "events_per_second": (len(df) + len(test)) / (t_features + t_decide),
         "feature_events_per_second": len(df) / t_features,
         "seconds": time.perf_counter() - t_all,

@@ -30,6 +30,7 @@ from engine.schemas import (
     DUPLICATE,
     INVALID_AMOUNT,
     INVALID_TIMESTAMP,
+    LABEL,
     MALFORMED_ROW,
     MAX_TS_MS,
     MIN_TS_MS,
@@ -42,6 +43,8 @@ from engine.schemas import (
 from replay.sources import MALFORMED, MALFORMED_RAW
 
 REJECTED_FILE = "rejected.parquet"
+#: the rejected rows of a ``--labels`` file (train, backtest)
+REJECTED_LABELS_FILE = "rejected-labels.parquet"
 REJECTED_COLUMNS = ("row", "reason", "detail")
 
 
@@ -54,6 +57,65 @@ def _empty() -> pd.DataFrame:
                          "detail": pd.Series([], dtype=str)})  # fmt: skip
 
 
+class _Verdicts:
+    """The first failing check of each row of a frame: its reason and detail ("" = accepted)."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        n = len(df)
+        self.reason = np.full(n, "", dtype=object)
+        self.detail = np.full(n, "", dtype=object)
+        self.malformed = MALFORMED in df.columns
+        if self.malformed:  # a CSV line that did not split into the header's fields
+            broken = df[MALFORMED].notna().to_numpy()
+            self.reason[broken] = MALFORMED_ROW
+            self.detail[broken] = df[MALFORMED].to_numpy()[broken]
+            df = df.drop(columns=[c for c in (MALFORMED, MALFORMED_RAW) if c in df.columns])
+        self.df = df
+
+    def mark(self, bad: np.ndarray[Any, Any], why: str, what: str) -> None:
+        fresh = bad & (self.reason == "")
+        self.reason[fresh] = why
+        self.detail[fresh] = what
+
+    def common(self, required_str: tuple[str, ...], ts_required: bool = True) -> None:
+        """Card numbers (the decoder looks for them first), required text, a readable ``ts``
+        (``ts_required=False``: only where the file has the column)."""
+        df, n = self.df, len(self.df)
+        for name in [c for c in df.columns if df[c].dtype == object
+                     or pd.api.types.is_string_dtype(df[c])]:  # fmt: skip
+            values = pd.unique(df[name].dropna())  # few distinct cards/merchants: cheap
+            pans = [v for v in values.tolist() if isinstance(v, str) and contains_pan(v)]
+            if pans:
+                self.mark(df[name].isin(pans).to_numpy(), CARD_NUMBER,
+                          f"{name}: looks like a card number")  # fmt: skip
+        for name in required_str:
+            if name not in df.columns:
+                self.mark(np.ones(n, dtype=bool), MISSING_FIELD, f"the file has no column {name!r}")
+                continue
+            col = df[name]
+            self.mark(col.isna().to_numpy(), MISSING_FIELD, f"{name}: required")
+            self.mark((col.astype(str) == "").to_numpy(), WRONG_TYPE,
+                      f"{name}: expected a non-empty string")  # fmt: skip
+        if "ts" not in df.columns:
+            if ts_required:
+                self.mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'ts'")
+        else:
+            ts = pd.to_numeric(df["ts"], errors="coerce").to_numpy(np.float64)
+            self.mark(~((ts >= MIN_TS_MS) & (ts < MAX_TS_MS)), INVALID_TIMESTAMP,
+                      "ts: missing, unreadable or out of range 2000..2090")  # fmt: skip
+
+    def split(self, first_row: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        bad = self.reason != ""
+        rejected = pd.DataFrame({
+            "row": np.flatnonzero(bad).astype(np.int64) + first_row,
+            "reason": self.reason[bad].astype(str), "detail": self.detail[bad].astype(str),
+        }) if bad.any() else _empty()  # fmt: skip
+        good = self.df.loc[~bad] if bad.any() else self.df
+        if self.malformed and "is_fraud" in good.columns and not good["is_fraud"].isna().any():
+            good = good.astype({"is_fraud": bool})  # the malformed rows' gaps made it nullable
+        return good, rejected
+
+
 def split_frame(
     df: pd.DataFrame, first_row: int = 0, duplicates: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -64,63 +126,38 @@ def split_frame(
     as missing). A missing required column rejects every row. ``duplicates``: a repeated
     ``event_id`` (after its first row) is rejected as ``duplicate_event_id``.
     """
-    n = len(df)
-    reason = np.full(n, "", dtype=object)
-    detail = np.full(n, "", dtype=object)
-
-    def mark(bad: np.ndarray[Any, Any], why: str, what: str) -> None:
-        fresh = bad & (reason == "")
-        reason[fresh] = why
-        detail[fresh] = what
-
-    malformed = MALFORMED in df.columns
-    if malformed:  # a CSV line that did not split into the header's fields
-        broken = df[MALFORMED].notna().to_numpy()
-        reason[broken] = MALFORMED_ROW
-        detail[broken] = df[MALFORMED].to_numpy()[broken]
-        df = df.drop(columns=[c for c in (MALFORMED, MALFORMED_RAW) if c in df.columns])
-    # card numbers first: the decoder looks for them before anything else
-    for name in [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(
-            df[c])]:  # fmt: skip
-        values = pd.unique(df[name].dropna())  # few distinct cards/merchants: cheap
-        pans = [v for v in values.tolist() if isinstance(v, str) and contains_pan(v)]
-        if pans:
-            mark(df[name].isin(pans).to_numpy(), CARD_NUMBER, f"{name}: looks like a card number")
-    for name in TRANSACTION.required_str:
-        if name not in df.columns:
-            mark(np.ones(n, dtype=bool), MISSING_FIELD, f"the file has no column {name!r}")
-            continue
-        col = df[name]
-        mark(col.isna().to_numpy(), MISSING_FIELD, f"{name}: required")
-        mark((col.astype(str) == "").to_numpy(), WRONG_TYPE, f"{name}: expected a non-empty string")
-    if "ts" not in df.columns:
-        mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'ts'")
-    else:
-        ts = pd.to_numeric(df["ts"], errors="coerce").to_numpy(np.float64)
-        mark(~((ts >= MIN_TS_MS) & (ts < MAX_TS_MS)), INVALID_TIMESTAMP,
-             "ts: missing, unreadable or out of range 2000..2090")  # fmt: skip
+    v = _Verdicts(df)
+    v.common(TRANSACTION.required_str)
+    df, n = v.df, len(v.df)
     if "amount" not in df.columns:
-        mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'amount'")
+        v.mark(np.ones(n, dtype=bool), MISSING_FIELD, "the file has no column 'amount'")
     else:
         amount = pd.to_numeric(df["amount"], errors="coerce").to_numpy(np.float64)
-        mark(~np.isfinite(amount), INVALID_AMOUNT, "amount: missing or not a finite number")
+        v.mark(~np.isfinite(amount), INVALID_AMOUNT, "amount: missing or not a finite number")
         refund = amount < 0
         if "type" in df.columns:
             kind = df["type"].astype(str).str.lower().isin(REFUND_TYPES).to_numpy()
             refund |= kind & df["type"].notna().to_numpy()
-        mark(refund, REFUND, "refunds/reversals (negative amount or type) are not scored")
+        v.mark(refund, REFUND, "refunds/reversals (negative amount or type) are not scored")
     if duplicates and "event_id" in df.columns:
-        dup = df["event_id"].duplicated(keep="first").to_numpy() & (reason == "")
-        mark(dup, DUPLICATE, "event_id: seen earlier in the file")
-    bad = reason != ""
-    rejected = pd.DataFrame({
-        "row": np.flatnonzero(bad).astype(np.int64) + first_row,
-        "reason": reason[bad].astype(str), "detail": detail[bad].astype(str),
-    }) if bad.any() else _empty()  # fmt: skip
-    good = df.loc[~bad] if bad.any() else df
-    if malformed and "is_fraud" in good.columns and not good["is_fraud"].isna().any():
-        good = good.astype({"is_fraud": bool})  # the malformed rows' gaps made it nullable
-    return good, rejected
+        dup = df["event_id"].duplicated(keep="first").to_numpy() & (v.reason == "")
+        v.mark(dup, DUPLICATE, "event_id: seen earlier in the file")
+    return v.split(first_row)
+
+
+def split_labels(df: pd.DataFrame, ts_required: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`split_frame` for a labels file: ``event_id``, a readable ``ts`` and an
+    ``is_fraud`` of true/false/1/0 (a repeated ``event_id`` is not a bad row: the last one is
+    the label, as a later chargeback overrides an analyst)."""
+    v = _Verdicts(df)
+    v.common(LABEL.required_str, ts_required)
+    df = v.df
+    if "is_fraud" not in df.columns:
+        v.mark(np.ones(len(df), dtype=bool), MISSING_FIELD, "the file has no column 'is_fraud'")
+    else:
+        v.mark(df["is_fraud"].isna().to_numpy(), WRONG_TYPE,
+               "is_fraud: missing or not one of true/false/1/0")  # fmt: skip
+    return v.split(0)
 
 
 @dataclass
@@ -148,10 +185,10 @@ class Quarantine:
             return _empty()
         return pd.concat(self.parts, ignore_index=True).sort_values("row", kind="stable")
 
-    def write(self, out_dir: Path) -> Path:
+    def write(self, out_dir: Path, name: str = REJECTED_FILE) -> Path:
         """``out_dir/rejected.parquet`` (written even when empty: no file means no run)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / REJECTED_FILE
+        path = out_dir / name
         self.frame().to_parquet(path, index=False)
         return path
 
@@ -187,3 +224,26 @@ def load_transactions(
     quarantine = Quarantine()
     quarantine.add(rejected)
     return good.reset_index(drop=True), quarantine
+
+
+def load_labels(
+    path: Path, strict: bool = False, ts_required: bool = True
+) -> tuple[pd.DataFrame, Quarantine]:
+    """A labels file's accepted rows (``event_id``, ``ts``, ``is_fraud`` and ``source`` if
+    present, file order) and its quarantine (``strict``: :class:`BadRowError` at the first).
+    ``ts_required=False``: a file without ``ts`` is accepted (labels known at the end)."""
+    from replay.sources import read_transactions
+
+    frame = read_transactions(path, lenient=True)
+    need = [c for c in ("event_id", "ts", "is_fraud")
+            if c not in frame.columns and (c != "ts" or ts_required)]  # fmt: skip
+    if need:  # not a bad row: a file that is not a labels file
+        msg = f"{path}: missing column(s) {', '.join(need)}"
+        raise ValueError(msg)
+    good, rejected = split_labels(frame, ts_required)
+    if strict and len(rejected):
+        raise first_bad(rejected, str(path))
+    quarantine = Quarantine()
+    quarantine.add(rejected)
+    cols = [c for c in ("event_id", "ts", "is_fraud", "source") if c in good.columns]
+    return good.loc[:, cols].astype({"is_fraud": bool}).reset_index(drop=True), quarantine

@@ -117,10 +117,12 @@ class BacktestReport:
     diff: dict[str, Any] = field(default_factory=dict)
     dead_letters: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    labels_quarantined: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "quarantined": self.quarantined,
+            "labels_quarantined": self.labels_quarantined,
             "transactions": self.transactions,
             "days": round(self.days, 3),
             "frauds": self.frauds,
@@ -143,24 +145,6 @@ def _clean(v: Any) -> Any:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
-
-
-def read_labels(path: Path) -> pd.DataFrame:
-    """``event_id``, ``is_fraud`` and optional ``ts`` from a Parquet, CSV or JSON-lines file."""
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    if suffix == ".parquet":
-        df = pd.read_parquet(path)
-    elif suffix.startswith(".csv"):
-        df = pd.read_csv(path)
-    else:
-        df = pd.read_json(path, lines=True)
-    missing = {"event_id", "is_fraud"} - set(df.columns)
-    if missing:
-        msg = f"{path}: labels file lacks column(s) {', '.join(sorted(missing))}"
-        raise ValueError(msg)
-    from replay.sources import normalise
-
-    return normalise(df)
 
 
 def _labels(
@@ -328,14 +312,19 @@ def run_backtest(
     from features.spec import DEFAULT_SPEC
     from features.store import RedisFeatureStore
     from replay.inprocess import run_inprocess
-    from replay.quarantine import load_transactions
+    from replay.quarantine import REJECTED_LABELS_FILE, Quarantine, load_labels, load_transactions
     from rules.loader import load_rule_set
 
     df, quarantine = load_transactions(transactions, strict=strict)
     if out is not None:
         quarantine.write(out)
     df = df.sort_values("ts", kind="stable").reset_index(drop=True)
-    label_df = read_labels(labels) if labels is not None else None
+    label_df = None
+    bad_labels = Quarantine()
+    if labels is not None:
+        label_df, bad_labels = load_labels(labels, strict=strict, ts_required=False)
+        if out is not None:
+            bad_labels.write(out, REJECTED_LABELS_FILE)
     fraud, mature_of, source = _labels(df, label_df, label_delay_ms)
     names = [f.name for f in DEFAULT_SPEC]
     main = load_rule_set(rules_dir, names)
@@ -370,6 +359,7 @@ def run_backtest(
         result=a,
         dead_letters=run.dead,
         quarantined=quarantine.by_reason(),
+        labels_quarantined=bad_labels.by_reason(),
     )
     if other is not None and against_dir is not None:
         b = _set_stats(other, str(against_dir), recorder.hits[1], y, mature, days)

@@ -70,8 +70,13 @@ from models.registry import ModelRegistry
 from models.train import train_lightgbm
 from replay import merge
 from replay.inprocess import encode, records_of
-from replay.quarantine import Quarantine, load_transactions
-from replay.sources import read_transactions
+from replay.quarantine import (
+    REJECTED_LABELS_FILE,
+    BadRowError,
+    Quarantine,
+    load_labels,
+    load_transactions,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -202,12 +207,13 @@ def load_inputs(cfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
         "quarantine": quarantine,
     }
     if cfg.labels is not None:
-        labels = read_transactions(cfg.labels)
-        need = [c for c in ("event_id", "ts", "is_fraud") if c not in labels]
-        if need:
-            msg = f"{cfg.labels}: missing column(s) {', '.join(need)}"
-            raise TrainingError(msg)
-        labels = labels[["event_id", "ts", "is_fraud", *(["source"] if "source" in labels else [])]]
+        try:
+            labels, bad_labels = load_labels(cfg.labels, strict=cfg.strict)
+        except BadRowError:
+            raise
+        except ValueError as exc:  # not a labels file at all
+            raise TrainingError(str(exc)) from None
+        fingerprint["labels_quarantine"] = bad_labels
         labels = labels.sort_values("ts", kind="stable").reset_index(drop=True)
         truth = labels.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
         target = tx["event_id"].map(truth).fillna(False).astype(bool)
@@ -374,6 +380,12 @@ def train_from_history(
     if quarantine.count:
         log(f"{quarantine.summary()}: {rejected_path}")
     fingerprint["transactions"]["quarantined"] = quarantine.by_reason()
+    bad_labels: Quarantine | None = fingerprint.pop("labels_quarantine", None)
+    if bad_labels is not None:
+        path = bad_labels.write(cfg.out or settings.data_dir / "train", REJECTED_LABELS_FILE)
+        if bad_labels.count:
+            log(f"labels: {bad_labels.summary()}: {path}")
+        fingerprint["labels"]["quarantined"] = bad_labels.by_reason()
     if tx.empty:
         msg = f"{cfg.transactions} has no transactions"
         raise TrainingError(msg)

@@ -63,7 +63,7 @@ def test_feature_log_equals_the_live_path(redis_url: str, redis_client: redis.Re
 
     df = simulate(days=10, seed=4, n_customers=300, n_merchants=80)
     df = df.sort_values("ts", kind="stable").reset_index(drop=True)
-    labels = _labels(df, None, DAY_MS)
+    labels, _ = _labels(df, None, DAY_MS)
     settings = Settings(redis_url=redis_url)
     redis_client.flushdb()
     service = build_service(settings, sink=NullSink(), use_registry=False, live=False)

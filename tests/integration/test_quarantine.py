@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from replay.simulate import simulate
+from replay.sources import write_transactions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -199,8 +200,6 @@ def spoiled_csv(
 ) -> tuple[Path, dict[int, tuple[str, ...]], int]:
     """A CSV export with lines that do not split into its header's fields (too many, too few, a
     quote that never closes, binary junk) and bad values in well-formed lines; a blank line."""
-    from replay.sources import write_transactions
-
     df = simulate(days=6, seed=8, n_customers=200, n_merchants=60)
     base = tmp_path_factory.mktemp("quarantine-csv")
     write_transactions(df, base / "clean.csv")
@@ -236,7 +235,8 @@ def spoiled_csv(
 
 
 def test_csv_lines_that_do_not_split_are_quarantined(
-    spoiled_csv: tuple[Path, dict[int, tuple[str, ...]], int], stack: dict[str, str],
+    spoiled_csv: tuple[Path, dict[int, tuple[str, ...]], int],
+    stack: dict[str, str],
     tmp_path: Path,
 ) -> None:
     path, planted, valid = spoiled_csv
@@ -259,3 +259,51 @@ def test_csv_lines_that_do_not_split_are_quarantined(
                 "2026-01-07", "--out", str(tmp_path / "s"), "--strict"], env)  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"row {min(planted)}: {planted[min(planted)][0]}" in res.stderr
+
+
+def test_a_labels_file_with_bad_rows(tmp_path: Path, stack: dict[str, str]) -> None:
+    """``--labels`` of backtest, rules backtest and train: bad label rows go to
+    ``rejected-labels.parquet`` (row, reason), the command finishes and says how many;
+    ``--strict`` stops at the first."""
+    df = simulate(days=10, seed=4, n_customers=150, n_merchants=40)
+    tx = tmp_path / "tx.parquet"
+    write_transactions(df, tx)
+    lines = [orjson.dumps({"event_id": e, "ts": int(t) + 86_400_000, "is_fraud": bool(f)})
+             for e, t, f in zip(df["event_id"], df["ts"], df["is_fraud"], strict=True)]  # fmt: skip
+    t0 = 1_767_225_600_000
+    bad = [b'{"event_id": "cut', orjson.dumps({"ts": t0, "is_fraud": True}),
+           orjson.dumps({"event_id": "z", "ts": "soon", "is_fraud": True}),
+           orjson.dumps({"event_id": "z", "ts": t0, "is_fraud": "?"})]  # fmt: skip
+    planted = {}
+    for k, i in enumerate(range(30, len(lines), 100)):
+        lines[i] = bad[k % len(bad)]
+        planted[i] = ("missing_field", "missing_field", "invalid_timestamp", "wrong_type")[k % 4]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_bytes(b"\n".join(lines) + b"\n")
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 12), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    period = ["--train-start", "2026-01-01", "--train-end", "2026-01-08",
+              "--test-start", "2026-01-08", "--test-end", "2026-01-11"]  # fmt: skip
+    out = tmp_path / "bt"
+    res = _cli(["backtest", "--transactions", str(tx), "--labels", str(labels), *period,
+                "--out", str(out)], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rejected = pd.read_parquet(out / "rejected-labels.parquet")
+    assert dict(zip(rejected["row"], rejected["reason"], strict=True)) == planted
+    said = " ".join((res.stdout + res.stderr).split())
+    assert f"quarantined {len(planted):,} label rows" in said
+    res = _cli(["backtest", "--transactions", str(tx), "--labels", str(labels), *period,
+                "--out", str(tmp_path / "s"), "--strict"], env)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"row {min(planted)}: {planted[min(planted)]}" in res.stderr
+    out = tmp_path / "rbt"
+    env["RISKSTREAM_REDIS_URL"] = _db(stack, 12)
+    res = _cli(["rules", "backtest", "--transactions", str(tx), "--labels", str(labels),
+                "--out", str(out)], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rejected = pd.read_parquet(out / "rejected-labels.parquet")
+    assert dict(zip(rejected["row"], rejected["reason"], strict=True)) == planted
+    assert f"quarantined {len(planted):,} label rows" in " ".join(res.stdout.split())
+    res = _cli(["train", "--transactions", str(tx), "--labels", str(labels), "--train-start",
+                "2026-01-02", "--train-end", "2026-01-07", "--strict", "--scratch-db", "14"],
+               env)  # fmt: skip
+    assert res.returncode == 2 and f"row {min(planted)}: {planted[min(planted)]}" in res.stderr
