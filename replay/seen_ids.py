@@ -47,7 +47,9 @@ class SeenIds:
         return self._size
 
     def add(self, ids: Sequence[object]) -> None:
-        hashes = np.unique(id_hashes(ids))
+        hashes = np.sort(id_hashes(ids))
+        if len(hashes) > 1:  # distinct within the batch
+            hashes = hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))]
         if len(hashes):
             hashes = hashes[~self._contains_hashes(hashes)]
         if not len(hashes):
@@ -55,9 +57,10 @@ class SeenIds:
         self._blocks.append(hashes)
         self._size += len(hashes)
         # keep sizes at least halving from block to block: few blocks, amortised linear merges
+        # (the blocks are disjoint: a sort of the two sorted runs, radix for integers)
         while len(self._blocks) > 1 and len(self._blocks[-2]) <= 2 * len(self._blocks[-1]):
             last = self._blocks.pop()
-            self._blocks[-1] = np.union1d(self._blocks[-1], last)
+            self._blocks[-1] = np.sort(np.concatenate((self._blocks[-1], last)), kind="stable")
 
     def contains(self, ids: Sequence[object]) -> Mask:
         """For each id, whether it was added before."""
