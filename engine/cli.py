@@ -402,13 +402,31 @@ def main() -> None:
             )  # fmt: skip
             print(f"riskstream: error: settings: {what}", file=sys.stderr)
             sys.exit(2)
-        if name.endswith(("Error", "Exception")) and type(exc).__module__.split(".")[0] in (
+        ours = name.endswith(("Error", "Exception")) and type(exc).__module__.split(".")[0] in (
             "engine", "features", "rules", "models", "replay", "pydantic", "pydantic_core",
-        ):  # fmt: skip
+        )  # fmt: skip
+        # a ValueError our own code raised is our message about the input (a debug log level
+        # still shows its traceback)
+        debug = os.environ.get("RISKSTREAM_LOG_LEVEL", "").upper() == "DEBUG"
+        ours = ours or (isinstance(exc, ValueError) and _raised_in(exc, _PACKAGES) and not debug)
+        if ours:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
             print(f"riskstream: error: {first}", file=sys.stderr)
             sys.exit(2)
         raise
+
+
+_PACKAGES = ("engine", "features", "rules", "models", "replay", "agents")
+
+
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in one of ``packages``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in packages
 
 
 if __name__ == "__main__":

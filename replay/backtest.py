@@ -50,6 +50,22 @@ console = Console(stderr=True)
 DAY_MS = 86_400_000
 
 
+class BacktestError(ValueError):
+    """A backtest that cannot run on its input (one line for the CLI)."""
+
+
+def _check_split(name: str, y: np.ndarray[Any, Any], quarantined: int, need_both: bool) -> None:
+    """A clear error when a period has no transactions (or, to train, one class only)."""
+    frauds = int(y.sum())
+    if len(y) and not (need_both and frauds in (0, len(y))):
+        return
+    what = "no transactions" if not len(y) else f"{len(y):,} transactions, {frauds:,} frauds"
+    msg = f"the {name} period has {what}: nothing to {'train' if need_both else 'test'} on"
+    if quarantined:
+        msg += f" ({quarantined:,} rows of the file were quarantined: see rejected.parquet)"
+    raise BacktestError(msg)
+
+
 @dataclass
 class Period:
     train_start: int
@@ -156,6 +172,7 @@ def run_backtest(
         train_metrics: dict[str, Any] = {"model": model_version}
     else:
         train = (ts >= period.train_start) & (ts < period.train_end)
+        _check_split("training", y[train], quarantine.count, need_both=True)
         # Unweighted classes keep scores calibrated, so the policy's thresholds mean what they
         # say (on the handbook it was also the better ranker: AP 0.736 vs 0.721 on seed 0). A
         # smaller learning rate suits a week of data (~400 frauds): on the handbook's three seeds
@@ -172,6 +189,7 @@ def run_backtest(
     service.pipeline.champion = scorer
 
     test = np.flatnonzero((ts >= period.test_start) & (ts < period.test_end))
+    _check_split("test", y[test], quarantine.count, need_both=False)
     t1 = time.perf_counter()
     test_df = df.iloc[test]
     records = records_of(test_df)

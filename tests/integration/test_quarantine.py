@@ -307,3 +307,20 @@ def test_a_labels_file_with_bad_rows(tmp_path: Path, stack: dict[str, str]) -> N
                 "2026-01-02", "--train-end", "2026-01-07", "--strict", "--scratch-db", "14"],
                env)  # fmt: skip
     assert res.returncode == 2 and f"row {min(planted)}: {planted[min(planted)]}" in res.stderr
+
+
+def test_a_file_whose_every_row_is_rejected(tmp_path: Path, stack: dict[str, str]) -> None:
+    """No ``merchant_id`` column: every row quarantined; backtest then has nothing to train on
+    and says so in one line (it used to end in a traceback from the trainer)."""
+    df = simulate(days=10, seed=4, n_customers=60, n_merchants=20).drop(columns=["merchant_id"])
+    path = tmp_path / "tx.parquet"
+    df.to_parquet(path)
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 12), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    res = _cli(["backtest", "--transactions", str(path), "--train-start", "2026-01-01",
+                "--train-end", "2026-01-08", "--test-start", "2026-01-08", "--test-end",
+                "2026-01-11", "--out", str(tmp_path / "bt")], env)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "the training period has no transactions" in last
+    assert f"{len(df):,} rows of the file were quarantined" in last
+    assert len(pd.read_parquet(tmp_path / "bt" / "rejected.parquet")) == len(df)

@@ -45,3 +45,15 @@ def test_rules_check_exits_non_zero_on_an_invalid_directory(tmp_path: object) ->
     res = run("rules", "check", "/nonexistent-rules-dir")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
+
+
+def test_a_value_error_of_our_own_code_is_one_line_not_a_traceback() -> None:
+    from engine.cli import _raised_in
+    from replay.merge import parse_duration
+
+    with pytest.raises(ValueError) as ours:
+        parse_duration("soon")
+    assert _raised_in(ours.value, ("replay",))
+    with pytest.raises(ValueError) as theirs:
+        int("soon")
+    assert not _raised_in(theirs.value, ("replay", "engine"))
