@@ -159,13 +159,20 @@ def run_backtest(
     df, quarantine = load_transactions(transactions, strict=strict)
     out.mkdir(parents=True, exist_ok=True)
     quarantine.write(out)
+    if labels_path is None and "is_fraud" not in df.columns:
+        msg = f"{transactions} has no is_fraud column: pass --labels FILE"
+        raise BacktestError(msg)
     df = df[df["ts"] < period.test_end].sort_values("ts", kind="stable").reset_index(drop=True)
     redis.Redis.from_url(settings.redis_url).flushdb()  # a backtest starts from empty state
     service = build_service(settings, sink=NullSink(), use_registry=False, live=False)
     labels, bad_labels = _labels(df, labels_path, label_delay_ms, strict, out)
     x, names, t_features = feature_log(service, df, labels, settings.batch_size, quarantine.count)
     ts = df["ts"].to_numpy()
-    y = df["is_fraud"].to_numpy().astype(bool)
+    if labels_path is not None:  # the truth is the last label of each event (as train's)
+        truth = labels.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
+        y = df["event_id"].map(truth).fillna(False).to_numpy().astype(bool)
+    else:
+        y = df["is_fraud"].to_numpy().astype(bool)
 
     if model_version is not None:
         scorer = ModelRegistry(settings.models_dir).load(model_version)

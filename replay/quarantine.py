@@ -223,7 +223,20 @@ def load_transactions(
         raise first_bad(rejected, str(path))
     quarantine = Quarantine()
     quarantine.add(rejected)
-    return good.reset_index(drop=True), quarantine
+    return _with_columns(good.reset_index(drop=True)), quarantine
+
+
+#: The columns every accepted transaction has, with their dtypes (a frame with no accepted row
+#: may lack them: an empty file, or one whose every row was rejected for a missing column).
+_REQUIRED = {"event_id": str, "ts": np.int64, "card_id": str, "merchant_id": str,
+             "amount": np.float64}  # fmt: skip
+
+
+def _with_columns(good: pd.DataFrame) -> pd.DataFrame:
+    for name, dtype in _REQUIRED.items():
+        if name not in good.columns:
+            good[name] = pd.Series([], dtype=dtype) if not len(good) else None
+    return good
 
 
 def load_labels(

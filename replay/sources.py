@@ -208,7 +208,10 @@ def _csv_options(columns: list[str]) -> dict[str, Any]:
 
 
 def _csv_header(path: Path) -> list[str]:
-    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except pd.errors.EmptyDataError:  # an empty file: no columns, no rows
+        return []
 
 
 def _fields(line: bytes) -> int | str:
@@ -374,7 +377,8 @@ def _slices(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
 def _read_csv(path: Path, lenient: bool) -> pd.DataFrame:
     frames = list(_csv_blocks(path, _CSV_BLOCK))
     if not frames:
-        return pd.read_csv(path, **_csv_options(_csv_header(path)))
+        names = _csv_header(path)
+        return pd.read_csv(path, **_csv_options(names)) if names else pd.DataFrame()
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if MALFORMED in frame.columns and not lenient:
         row = int(np.flatnonzero(frame[MALFORMED].notna().to_numpy())[0])

@@ -324,3 +324,23 @@ def test_a_file_whose_every_row_is_rejected(tmp_path: Path, stack: dict[str, str
     assert "the training period has no transactions" in last
     assert f"{len(df):,} rows of the file were quarantined" in last
     assert len(pd.read_parquet(tmp_path / "bt" / "rejected.parquet")) == len(df)
+
+
+@pytest.mark.parametrize("content", [b"", b"event_id,ts,card_id,merchant_id,amount\n"])
+def test_an_empty_file_is_one_line_or_nothing_to_do(
+    content: bytes, tmp_path: Path, stack: dict[str, str]
+) -> None:
+    """A 0-byte CSV and one with only its header: replay and rules backtest have nothing to do;
+    backtest says why it cannot run, in one line (the 0-byte file was a pandas traceback)."""
+    path = tmp_path / "tx.csv"
+    path.write_bytes(content)
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 12), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    res = _cli(["replay", "--transactions", str(path), "--to", "inprocess", "--out",
+                str(tmp_path / "r"), "--no-progress"], env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert len(pd.read_parquet(tmp_path / "r" / "decisions.parquet")) == 0
+    res = _cli(["backtest", "--transactions", str(path), "--train-start", "2026-01-01",
+                "--train-end", "2026-01-08", "--test-start", "2026-01-08", "--test-end",
+                "2026-01-11", "--out", str(tmp_path / "bt")], env)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "has no is_fraud column: pass --labels FILE" in res.stderr.strip().splitlines()[-1]
