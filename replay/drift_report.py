@@ -101,10 +101,16 @@ def feature_log(
     """``path`` if it is a feature log (a replay's ``decisions.parquet``), else the feature log
     of replaying it in-process; and the rows that replay quarantined, by reason (written to
     ``out/rejected.parquet``; ``strict`` raises at the first instead)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if path.suffix == ".parquet" and {"score", "decision", "ts"} <= set(pq.read_schema(path).names):
-        return pd.read_parquet(path), {}
+    if path.suffix == ".parquet":
+        try:
+            names = set(pq.read_schema(path).names)
+        except pa.ArrowException:  # not Parquet at all: the replay below says so in one line
+            names = set()
+        if {"score", "decision", "ts"} <= names:
+            return pd.read_parquet(path), {}
     from engine.build import build_service
     from replay.quarantine import REJECTED_FILE
     from replay.replay import ReplayOptions, ReplaySink, replay_inprocess

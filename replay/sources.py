@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -414,25 +415,53 @@ def open_in(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
+class UnreadableFileError(ValueError):
+    """A file that is not what its name says (not Parquet, a CSV header that is not UTF-8, a
+    broken gzip stream): not a bad row, a bad file; one line for the CLI."""
+
+
+#: What the readers raise on a file that is not what its name says.
+_UNREADABLE = (pa.ArrowException, UnicodeDecodeError, pd.errors.ParserError, gzip.BadGzipFile,
+               EOFError, zlib.error)  # fmt: skip
+
+
+def _unreadable(path: Path, fmt: str, exc: BaseException) -> UnreadableFileError:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    return UnreadableFileError(f"{path}: not a readable {fmt} file ({first})")
+
+
 def read_transactions(path: PathLike, lenient: bool = False) -> pd.DataFrame:
     """The whole file as a frame with canonical dtypes (see :func:`normalise`; ``lenient``:
-    unreadable values and JSON lines are kept as rows for :mod:`replay.quarantine`)."""
+    unreadable values and JSON lines are kept as rows for :mod:`replay.quarantine`).
+    :class:`UnreadableFileError` if the file is not what its name says."""
     p = Path(path)
     fmt = file_format(p)
-    if fmt == "parquet":
-        return normalise(pq.read_table(p).to_pandas(), lenient)
-    if fmt == "csv":
-        return normalise(_read_csv(p, lenient), lenient)
-    with open_in(p) as f:
-        return _json_frame(f.read().splitlines(), lenient)
+    try:
+        if fmt == "parquet":
+            return normalise(pq.read_table(p).to_pandas(), lenient)
+        if fmt == "csv":
+            return normalise(_read_csv(p, lenient), lenient)
+        with open_in(p) as f:
+            return _json_frame(f.read().splitlines(), lenient)
+    except _UNREADABLE as exc:
+        raise _unreadable(p, fmt, exc) from None
 
 
 def raw_chunks(path: PathLike, batch_size: int) -> Iterator[pd.DataFrame | list[bytes]]:
     """The file in chunks of at most ``batch_size`` rows, in file order, without loading it
     whole: frames as read (Parquet; CSV with text columns kept text, index from 0), or the
-    non-empty lines of JSON lines (left undecoded: callers decide what a bad line means)."""
+    non-empty lines of JSON lines (left undecoded: callers decide what a bad line means).
+    :class:`UnreadableFileError` if the file is not what its name says."""
     p = Path(path)
     fmt = file_format(p)
+    try:
+        yield from _raw_chunks(p, fmt, batch_size)
+    except _UNREADABLE as exc:
+        raise _unreadable(p, fmt, exc) from None
+
+
+def _raw_chunks(p: Path, fmt: str, batch_size: int) -> Iterator[pd.DataFrame | list[bytes]]:
     if fmt == "parquet":
         pf = pq.ParquetFile(p)
         try:

@@ -344,3 +344,29 @@ def test_an_empty_file_is_one_line_or_nothing_to_do(
                 "2026-01-11", "--out", str(tmp_path / "bt")], env)  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "has no is_fraud column: pass --labels FILE" in res.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("tx.parquet", b"PAR1 but not really" * 50), ("tx.csv", b"event_id,ts\xff,card_id\n"),
+     ("tx.csv.gz", b"\x1f\x8b\x08 broken gzip")],
+)  # fmt: skip
+def test_a_file_that_is_not_what_its_name_says(
+    name: str, content: bytes, tmp_path: Path, stack: dict[str, str]
+) -> None:
+    """Not Parquet, a header that is not UTF-8, a broken gzip stream: a bad file, not bad rows;
+    every file command says so in one line naming the file (they were tracebacks)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    env = {"RISKSTREAM_REDIS_URL": _db(stack, 12), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+    period = ["--train-start", "2026-01-01", "--train-end", "2026-01-08"]
+    for args in (["replay", "--to", "inprocess", "--no-progress"],
+                 ["rules", "backtest", "--label-delay", "1d"],
+                 ["backtest", *period, "--test-start", "2026-01-08", "--test-end", "2026-01-11",
+                  "--out", str(tmp_path / "bt")],
+                 ["train", *period, "--label-delay", "1d", "--scratch-db", "14"]):  # fmt: skip
+        res = _cli([*args, "--transactions", str(path)], env)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr, (args, res.stderr)
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("riskstream: error:") and name in last, (args, last)
