@@ -7,6 +7,7 @@ run the same stages with the same configuration.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import redis
@@ -48,12 +49,45 @@ class ServerTooOldError(RuntimeError):
     """The Redis-protocol server lacks a command the feature store relies on."""
 
 
+class RedisUnavailableError(RuntimeError):
+    """No Redis-protocol server answered (one line for the CLI)."""
+
+
+def _where(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}".rstrip(":")
+
+
+def wait_for_redis(client: redis.Redis, seconds: float) -> None:
+    """Wait up to ``seconds`` for the server to answer a PING (a worker may start before it);
+    :class:`RedisUnavailableError` after that."""
+    deadline = time.monotonic() + seconds
+    said = False
+    while True:
+        try:
+            client.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                msg = (f"no Redis server answered at {_where(client)} within {seconds:.0f} s "
+                       f"({exc}); is it running? (RISKSTREAM_REDIS_URL)")  # fmt: skip
+                raise RedisUnavailableError(msg) from None
+            if not said:
+                log.warning("waiting for the Redis server at %s (%s)", _where(client), exc)
+                said = True
+            time.sleep(1.0)
+
+
 def check_server(client: redis.Redis) -> None:
-    """Fail at start, with one clear line, on a server without hash-field expiry (HEXPIRE)."""
+    """Fail at start, with one clear line, on a server without hash-field expiry (HEXPIRE) or
+    no server at all."""
     try:  # a probe on a key that does not exist: [-2] where supported, an error where not
         client.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             "HEXPIRE", "rs:probe:hexpire", 1, "FIELDS", 1, "f"
         )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        msg = f"no Redis server answered at {_where(client)} ({exc}) (RISKSTREAM_REDIS_URL)"
+        raise RedisUnavailableError(msg) from None
     except redis.ResponseError:
         version = client.info("server").get("redis_version", "?")
         msg = (

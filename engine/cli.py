@@ -90,9 +90,10 @@ def worker(
     import importlib
 
     import faust
+    import redis
 
     from engine.app import create_app
-    from engine.build import build_service
+    from engine.build import build_service, wait_for_redis
     from engine.malloc import cap_arenas
     from engine.settings import Settings
     from engine.sinks import ensure_topics
@@ -100,7 +101,9 @@ def worker(
 
     settings = Settings()
     cap_arenas(settings.malloc_arenas)  # before librdkafka's threads start
-    ensure_topics(settings.kafka_bootstrap, settings.topics(), settings.topic_partitions)
+    wait = settings.startup_wait_seconds
+    ensure_topics(settings.kafka_bootstrap, settings.topics(), settings.topic_partitions, wait)
+    wait_for_redis(redis.Redis.from_url(settings.redis_url), wait)
     service = build_service(settings)
     faust_app = create_app(settings)
     runtime = Runtime(settings, faust_app, service)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     #: How long the group waits for a silent worker before giving its partitions to another
     #: (Kafka's session timeout): the floor of the recovery time after a worker crash.
     broker_session_timeout_seconds: float = Field(default=60.0, ge=6, le=300)
+    #: How long a starting worker waits for the broker and for Redis before it exits with one
+    #: line saying which is missing (an orchestrator may start them in any order).
+    startup_wait_seconds: float = Field(default=30.0, gt=0, le=3600)
     #: Most events in one micro-batch; batches are as large as what has arrived, up to this.
     batch_size: int = Field(default=1000, ge=1)
     #: A transactions batch at least this big stays in flight while the next one starts (two

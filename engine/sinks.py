@@ -80,10 +80,22 @@ class KafkaSink:
             self._producer.flush(10)
 
 
+class BrokerUnavailableError(RuntimeError):
+    """No Kafka broker answered at start-up (one line for the CLI, not librdkafka's retries)."""
+
+
 def ensure_topics(bootstrap: str, names: list[str], partitions: int, timeout: float = 30) -> None:
-    """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    """Create the topics that do not exist yet (existing ones are left as they are).
+
+    Waits up to ``timeout`` seconds for the broker, then raises :class:`BrokerUnavailableError`
+    (librdkafka's own connection log is kept to errors it cannot retry: our message says it)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        msg = (f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s "
+               f"({exc.args[0].str()}); is it running? (RISKSTREAM_KAFKA_BOOTSTRAP)")  # fmt: skip
+        raise BrokerUnavailableError(msg) from None
     wanted = [NewTopic(n, partitions, 1) for n in names if n not in existing]
     if not wanted:
         return

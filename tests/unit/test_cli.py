@@ -57,3 +57,35 @@ def test_a_value_error_of_our_own_code_is_one_line_not_a_traceback() -> None:
     with pytest.raises(ValueError) as theirs:
         int("soon")
     assert not _raised_in(theirs.value, ("replay", "engine"))
+
+
+def test_a_worker_without_its_broker_says_so_in_one_line(tmp_path: object) -> None:
+    """It waits ``RISKSTREAM_STARTUP_WAIT_SECONDS`` for the broker, then one line, exit 2 (it was
+    30 s of librdkafka's connection log, then a traceback)."""
+    import os
+
+    res = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "worker"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "RISKSTREAM_STARTUP_WAIT_SECONDS": "2",
+                         "RISKSTREAM_DATA_DIR": str(tmp_path),
+                         "RISKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line, nothing else
+    assert res.stderr.startswith("riskstream: error: no Kafka broker answered at 127.0.0.1:1")
+
+
+def test_no_redis_is_one_clear_error_after_the_wait() -> None:
+    import time
+
+    import redis
+
+    from engine.build import RedisUnavailableError, check_server, wait_for_redis
+
+    client = redis.Redis(host="127.0.0.1", port=2, socket_connect_timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailableError, match="no Redis server answered at 127.0.0.1:2"):
+        wait_for_redis(client, 1.5)
+    assert 1.5 <= time.monotonic() - t0 < 10
+    with pytest.raises(RedisUnavailableError, match="RISKSTREAM_REDIS_URL"):
+        check_server(client)
