@@ -43,7 +43,7 @@ from engine.schemas import (
 from replay.sources import MALFORMED, MALFORMED_RAW
 
 REJECTED_FILE = "rejected.parquet"
-#: the rejected rows of a ``--labels`` file (train, backtest)
+#: the rejected rows of a ``--labels`` file (train, backtest, rules backtest)
 REJECTED_LABELS_FILE = "rejected-labels.parquet"
 REJECTED_COLUMNS = ("row", "reason", "detail")
 
@@ -233,9 +233,11 @@ _REQUIRED = {"event_id": str, "ts": np.int64, "card_id": str, "merchant_id": str
 
 
 def _with_columns(good: pd.DataFrame) -> pd.DataFrame:
+    if len(good):  # an accepted row has every required column
+        return good
     for name, dtype in _REQUIRED.items():
         if name not in good.columns:
-            good[name] = pd.Series([], dtype=dtype) if not len(good) else None
+            good[name] = pd.Series([], dtype=dtype)
     return good
 
 
