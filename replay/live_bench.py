@@ -240,6 +240,23 @@ def _cores_since(
     return {f"cpu_cores_{k}": (v - cpu0[k]) / wall for k, v in _cpu(workers, settings).items()}
 
 
+def cpu_budget(cores: dict[str, float], events_per_second: float, machine: int) -> dict[str, float]:
+    """What the whole stack spends per event (``core_us_per_event_<process>`` and in all) and
+    the rate at which it would use every core of the machine: a ceiling for any worker here,
+    however fast its own code, unless the work per event shrinks.
+
+    >>> b = cpu_budget({"cpu_cores_workers": 0.9, "cpu_cores_redis": 0.1}, 10_000.0, 2)
+    >>> b["core_us_per_event_workers"], b["core_us_per_event"], b["cpu_bound_events_per_second"]
+    (90.0, 100.0, 20000.0)
+    """
+    out = {f"core_us_per_event_{k.removeprefix('cpu_cores_')}": v / events_per_second * 1e6
+           for k, v in cores.items()}  # fmt: skip
+    total = sum(out.values())
+    out["core_us_per_event"] = total
+    out["cpu_bound_events_per_second"] = machine / (total / 1e6) if total > 0 else float("nan")
+    return out
+
+
 def _cpu(workers: list[WorkerProcess], settings: Settings) -> dict[str, float]:
     """CPU seconds so far of the broker and Redis (found by their address on the command line:
     the embedded stack's), the workers and this process (the producer)."""
@@ -293,7 +310,9 @@ def live_figures(
         raise RuntimeError(msg)
     t_seen = time.time()
     # the machine's cores meanwhile: what the worker competes with for them
-    res.update(_cores_since(cpu0, workers, settings, t_seen - t0))
+    cores = _cores_since(cpu0, workers, settings, t_seen - t0)
+    res.update(cores)
+    res.update(cpu_budget(cores, n_events / (t_seen - t0), os.cpu_count() or 1))
     after = Scrape(w1.metrics())
     scores = read_topic(boot, settings.topic_scores, lambda v: len(v) >= n_events + 1, 120)
     stamps = [orjson.loads(v)["scored_at"] for v in scores if b'"tp-' in v[:40]]
