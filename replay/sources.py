@@ -208,11 +208,11 @@ def _csv_options(columns: list[str]) -> dict[str, Any]:
     }
 
 
-def _csv_header(path: Path) -> list[str]:
-    try:
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except pd.errors.EmptyDataError:  # an empty file: no columns, no rows
+def _header_names(head: bytes) -> list[str]:
+    """The column names of a CSV header line, read as pandas reads them ([] for no header)."""
+    if not head.strip():  # an empty file: no columns, no rows
         return []
+    return [str(c) for c in pd.read_csv(io.BytesIO(head), nrows=0).columns]
 
 
 def _fields(line: bytes) -> int | str:
@@ -254,10 +254,11 @@ def _is_utf8(line: bytes) -> bool:
     return True
 
 
-def _parse_csv(head: bytes, lines: list[bytes], names: list[str]) -> pd.DataFrame:
-    frame = pd.read_csv(io.BytesIO(head + b"".join(lines)), **_csv_options(names))
-    if len(frame) != len(lines):
-        msg = f"{len(lines)} lines read as {len(frame)} rows"
+def _parse_csv(head: bytes, body: bytes, rows: int, names: list[str]) -> pd.DataFrame:
+    """``body`` (``rows`` rows, each ending in a newline) under ``head``, as pandas reads it."""
+    frame = pd.read_csv(io.BytesIO(head + body), **_csv_options(names))
+    if len(frame) != rows:
+        msg = f"{rows} lines read as {len(frame)} rows"
         raise ValueError(msg)
     return frame
 
@@ -272,16 +273,17 @@ def _csv_block(head: bytes, lines: list[bytes], names: list[str]) -> pd.DataFram
     for i, reason in _bad_widths(lines, joined, len(names)).items():
         why.setdefault(int(i), reason)
     good = [i for i in range(len(lines)) if i not in why] if why else list(range(len(lines)))
-    try:
-        frame = _parse_csv(head, [lines[i] for i in good] if why else lines, names)
+    try:  # the usual block has no bad row: its lines are joined once
+        body = b"".join([lines[i] for i in good]) if why else joined
+        frame = _parse_csv(head, body, len(good), names)
     except (ValueError, pd.errors.ParserError):  # pandas saw what the checks above did not
         for i in good:
             try:
-                _parse_csv(head, [lines[i]], names)
+                _parse_csv(head, lines[i], 1, names)
             except (ValueError, pd.errors.ParserError) as exc:
                 why[i] = f"unreadable CSV line ({str(exc).splitlines()[0][:80]})"
         good = [i for i in range(len(lines)) if i not in why]
-        frame = _parse_csv(head, [lines[i] for i in good], names)
+        frame = _parse_csv(head, b"".join([lines[i] for i in good]), len(good), names)
     if not why:
         return frame
     frame = frame.set_axis(good).reindex(range(len(lines)))
@@ -351,11 +353,11 @@ def _csv_rows(f: IO[bytes], width: int) -> Iterator[list[bytes]]:
 
 def _csv_blocks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """The CSV file in frames of at most ``rows`` rows (index from 0), malformed rows kept."""
-    names = _csv_header(path)
     with open_in(path) as f:
         head = f.readline()
         if not head.endswith(b"\n"):
             head += b"\n"
+        names = _header_names(head)
         block: list[bytes] = []
         parse = max(rows, _CSV_BLOCK)  # pandas is called on big blocks: it costs ~1 ms a call
         for got in _csv_rows(f, len(names)):
@@ -377,15 +379,24 @@ def _slices(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
 
 def _read_csv(path: Path, lenient: bool) -> pd.DataFrame:
     frames = list(_csv_blocks(path, _CSV_BLOCK))
-    if not frames:
-        names = _csv_header(path)
-        return pd.read_csv(path, **_csv_options(names)) if names else pd.DataFrame()
+    if not frames:  # no rows: the header's columns, if there is one
+        with open_in(path) as f:
+            names = _header_names(f.readline())
+        return pd.DataFrame({n: pd.Series(dtype=object) for n in names})
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if MALFORMED in frame.columns and not lenient:
-        row = int(np.flatnonzero(frame[MALFORMED].notna().to_numpy())[0])
-        msg = f"{path}: row {row}: {frame[MALFORMED].iloc[row]}"
-        raise ValueError(msg)
+    if not lenient:
+        _refuse_malformed(frame, path, 0)
     return frame
+
+
+def _refuse_malformed(frame: pd.DataFrame, path: PathLike, first_row: int) -> None:
+    """ValueError naming the first malformed row of ``frame`` (its rows start at
+    ``first_row``), for the readers that do not quarantine."""
+    if MALFORMED not in frame.columns:
+        return
+    row = int(np.flatnonzero(frame[MALFORMED].notna().to_numpy())[0])
+    msg = f"{path}: row {first_row + row}: {frame[MALFORMED].iloc[row]}"
+    raise ValueError(msg)
 
 
 def _json_frame(lines: list[bytes], lenient: bool = False) -> pd.DataFrame:
@@ -495,9 +506,7 @@ def iter_batches(path: PathLike, batch_size: int = 100_000) -> Iterator[pd.DataF
         raise ValueError(msg)
     seen = 0
     for chunk in raw_chunks(path, batch_size):
-        if isinstance(chunk, pd.DataFrame) and MALFORMED in chunk.columns:
-            row = int(np.flatnonzero(chunk[MALFORMED].notna().to_numpy())[0])
-            msg = f"{path}: row {seen + row}: {chunk[MALFORMED].iloc[row]}"
-            raise ValueError(msg)
+        if isinstance(chunk, pd.DataFrame):
+            _refuse_malformed(chunk, path, seen)
         seen += len(chunk)
         yield normalise(chunk) if isinstance(chunk, pd.DataFrame) else _json_frame(chunk)
