@@ -242,6 +242,7 @@ def backtest(
     from engine.settings import Settings
     from replay.backtest import Period, run_backtest
     from replay.merge import parse_duration, parse_time
+    from replay.quarantine import REJECTED_FILE, REJECTED_LABELS_FILE, quarantined_line
 
     for path in (transactions, labels, rules):
         if path is not None and not path.exists():
@@ -272,13 +273,10 @@ def backtest(
         v = report[k]
         console.print(f"{k:32s} {v:,.4f}" if isinstance(v, float) else f"{k:32s} {v}")
     if report["n_quarantined"]:
-        reasons = ", ".join(f"{k}={v:,}" for k, v in report["quarantined"].items())
-        console.print(f"quarantined {report['n_quarantined']:,} rows ({reasons}): "
-                      f"{out / 'rejected.parquet'}")  # fmt: skip
+        console.print(quarantined_line(report["quarantined"], "rows", out / REJECTED_FILE))
     if report["n_labels_quarantined"]:
-        reasons = ", ".join(f"{k}={v:,}" for k, v in report["labels_quarantined"].items())
-        console.print(f"quarantined {report['n_labels_quarantined']:,} label rows ({reasons}): "
-                      f"{out / 'rejected-labels.parquet'}")  # fmt: skip
+        console.print(quarantined_line(report["labels_quarantined"], "label rows",
+                                       out / REJECTED_LABELS_FILE))  # fmt: skip
     console.print(f"report: {out / 'report.html'}")
 
 
@@ -406,7 +404,7 @@ def main() -> None:
             print(f"riskstream: error: settings: {what}", file=sys.stderr)
             sys.exit(2)
         ours = name.endswith(("Error", "Exception")) and type(exc).__module__.split(".")[0] in (
-            "engine", "features", "rules", "models", "replay", "pydantic", "pydantic_core",
+            *_PACKAGES, "pydantic", "pydantic_core",
         )  # fmt: skip
         # a ValueError our own code raised is our message about the input (a debug log level
         # still shows its traceback)

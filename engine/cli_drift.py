@@ -108,6 +108,7 @@ def report(
     err.print(f"{result['transactions']:,} transactions; most drifted: {top or '—'}")
     err.print(f"wrote {json_path} and {html_path}")
     if transactions is not None and quarantined:
-        reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(quarantined.items()))
-        where = out / "rejected.parquet"
-        err.print(f"{sum(quarantined.values()):,} rows quarantined ({reasons}) in {where}")
+        from replay.quarantine import REJECTED_FILE, reasons_text
+
+        n, reasons = sum(quarantined.values()), reasons_text(quarantined)
+        err.print(f"{n:,} rows quarantined ({reasons}) in {out / REJECTED_FILE}")

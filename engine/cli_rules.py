@@ -118,6 +118,7 @@ def backtest(
 ) -> None:
     """Replay a labelled file through the pipeline; per-rule hits, precision, recall, diff."""
     from replay.merge import parse_duration
+    from replay.quarantine import REJECTED_FILE, REJECTED_LABELS_FILE, quarantined_line
     from replay.rules_backtest import render, run_backtest
 
     if labels is not None and label_delay is not None:
@@ -138,14 +139,10 @@ def backtest(
     )
     out.print(render(report))
     if report.quarantined:
-        reasons = ", ".join(f"{k}={v:,}" for k, v in report.quarantined.items())
-        n = sum(report.quarantined.values())
-        out.print(f"quarantined {n:,} rows ({reasons}): {out_dir / 'rejected.parquet'}")
+        out.print(quarantined_line(report.quarantined, "rows", out_dir / REJECTED_FILE))
     if report.labels_quarantined:
-        reasons = ", ".join(f"{k}={v:,}" for k, v in report.labels_quarantined.items())
-        n = sum(report.labels_quarantined.values())
-        where = out_dir / "rejected-labels.parquet"
-        out.print(f"quarantined {n:,} label rows ({reasons}): {where}")
+        out.print(quarantined_line(report.labels_quarantined, "label rows",
+                                   out_dir / REJECTED_LABELS_FILE))  # fmt: skip
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

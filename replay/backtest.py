@@ -43,7 +43,13 @@ from replay.metrics import (
     revealed_frauds,
     to_day,
 )
-from replay.quarantine import REJECTED_LABELS_FILE, Quarantine, load_labels, load_transactions
+from replay.quarantine import (
+    REJECTED_LABELS_FILE,
+    Quarantine,
+    final_truth,
+    load_labels,
+    load_transactions,
+)
 from replay.report import render_html
 
 console = Console(stderr=True)
@@ -169,8 +175,7 @@ def run_backtest(
     x, names, t_features = feature_log(service, df, labels, settings.batch_size, quarantine.count)
     ts = df["ts"].to_numpy()
     if labels_path is not None:  # the truth is the last label of each event (as train's)
-        truth = labels.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
-        y = df["event_id"].map(truth).fillna(False).to_numpy().astype(bool)
+        y = final_truth(labels, df["event_id"]).to_numpy()
     else:
         y = df["is_fraud"].to_numpy().astype(bool)
 

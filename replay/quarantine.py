@@ -17,6 +17,7 @@ instead (:class:`BadRowError`, naming the row and the reason).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,17 @@ class Quarantine:
         """``"3 rows quarantined (invalid_amount=2, missing_field=1)"`` or ``""``."""
         if not self.count:
             return ""
-        reasons = ", ".join(f"{k}={v:,}" for k, v in self.by_reason().items())
-        return f"{self.count:,} rows quarantined ({reasons})"
+        return f"{self.count:,} rows quarantined ({reasons_text(self.by_reason())})"
+
+
+def reasons_text(by_reason: Mapping[str, int]) -> str:
+    """``"invalid_amount=2, missing_field=1"``: counts by reason, reasons sorted."""
+    return ", ".join(f"{k}={v:,}" for k, v in sorted(by_reason.items()))
+
+
+def quarantined_line(by_reason: Mapping[str, int], what: str, where: Path) -> str:
+    """What a file command says of its rejected rows: ``"quarantined 3 rows (...): DIR/..."``."""
+    return f"quarantined {sum(by_reason.values()):,} {what} ({reasons_text(by_reason)}): {where}"
 
 
 def first_bad(rejected: pd.DataFrame, what: str) -> BadRowError:
@@ -262,3 +272,10 @@ def load_labels(
     quarantine.add(rejected)
     cols = [c for c in ("event_id", "ts", "is_fraud", "source") if c in good.columns]
     return good.loc[:, cols].astype({"is_fraud": bool}).reset_index(drop=True), quarantine
+
+
+def final_truth(labels: pd.DataFrame, event_ids: pd.Series) -> pd.Series:
+    """Each event's final label: the last of its labels in ``labels`` (in time order: a later
+    chargeback overrides an analyst), False for an event without one."""
+    last = labels.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
+    return event_ids.map(last).fillna(False).astype(bool)

@@ -74,6 +74,7 @@ from replay.quarantine import (
     REJECTED_LABELS_FILE,
     BadRowError,
     Quarantine,
+    final_truth,
     load_labels,
     load_transactions,
 )
@@ -215,8 +216,7 @@ def load_inputs(cfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
             raise TrainingError(str(exc)) from None
         fingerprint["labels_quarantine"] = bad_labels
         labels = labels.sort_values("ts", kind="stable").reset_index(drop=True)
-        truth = labels.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
-        target = tx["event_id"].map(truth).fillna(False).astype(bool)
+        target = final_truth(labels, tx["event_id"])
         fingerprint["labels"] = {
             "file": cfg.labels.name, "sha256": _sha256(cfg.labels), "rows": len(labels),
         }  # fmt: skip
