@@ -531,9 +531,7 @@ def replay_inprocess(
                 if batch.kind == TRANSACTION and numbered:
                     first_row = batch.position.transactions - len(batch.records)
                 messages = encode_records(batch.records, topic, first_row)
-                drop = _malformed(batch.records)
-                if batch.kind == TRANSACTION:
-                    drop.update(_decided(batch.records, decided))
+                drop = _to_reject(batch.records, decided if batch.kind == TRANSACTION else None)
                 messages = _reject(messages, drop, service)
                 report = process(messages)
                 if batch.kind == TRANSACTION and report.scored is not None:
@@ -591,30 +589,29 @@ def replay_inprocess(
     return result
 
 
-def _malformed(records: list[Record]) -> dict[int, tuple[str, str]]:
-    """The rows of a file that did not split into fields (a CSV line): row -> reason, detail."""
-    return {
-        i: (MALFORMED_ROW, str(r[MALFORMED]))
-        for i, r in enumerate(records)
-        if isinstance(r, dict) and MALFORMED in r
-    }
-
-
-def _decided(records: list[Record], decided: SeenIds) -> dict[int, tuple[str, str]]:
-    """The transactions whose event id an earlier batch decided.
-
-    The store recognises a copy on the same event-time day (its ``seen`` sets are per day); a
-    file may repeat an id on another day, and the replay decides an id once, as ``train`` and
-    ``backtest`` keep its first row.
-    """
-    ids = [r.get("event_id") if isinstance(r, dict) else None for r in records]
-    at = [i for i, e in enumerate(ids) if isinstance(e, str)]
-    if not at or not len(decided):
-        return {}
-    hit = decided.contains([ids[i] for i in at])
-    detail = "event_id decided earlier in this replay ({}): not scored again"
-    return {at[k]: (DUPLICATE, detail.format(str(ids[at[k]])[:64]))
-            for k in np.flatnonzero(hit).tolist()}  # fmt: skip
+def _to_reject(records: list[Record], decided: SeenIds | None) -> dict[int, tuple[str, str]]:
+    """Rows dead-lettered before the service sees them (row -> reason, detail), in one pass:
+    a file's row that did not split into fields (a CSV line), and, given ``decided``, a
+    transaction whose event id an earlier batch decided. The store recognises a copy on the same
+    event-time day (its ``seen`` sets are per day); a file may repeat an id on another day, and
+    the replay decides an id once, as ``train`` and ``backtest`` keep its first row."""
+    drop: dict[int, tuple[str, str]] = {}
+    at: list[int] = []
+    ids: list[str] = []
+    check = decided is not None and len(decided) > 0
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            continue
+        if MALFORMED in r:
+            drop[i] = (MALFORMED_ROW, str(r[MALFORMED]))
+        elif check and isinstance(e := r.get("event_id"), str):
+            at.append(i)
+            ids.append(e)
+    if ids and decided is not None:
+        detail = "event_id decided earlier in this replay ({}): not scored again"
+        for k in np.flatnonzero(decided.contains(ids)).tolist():
+            drop[at[k]] = (DUPLICATE, detail.format(ids[k][:64]))
+    return drop
 
 
 def _reject(
