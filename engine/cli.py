@@ -179,6 +179,11 @@ def bench_broker(
     rate: Annotated[float, typer.Option(min=1, help="Messages per second.")] = 5000.0,
     seconds: Annotated[float, typer.Option(min=1, help="Length of each round.")] = 12.0,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds on the same topic.")] = 5,
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Partitions of the topic [default: the worker's, "
+                     "RISKSTREAM_TOPIC_PARTITIONS].", show_default=False),
+    ] = None,
 ) -> None:
     """The broker's latency floor (producer to a bare consumer) and its cores, round after
     round on one growing topic: what no worker can go below. RISKSTREAM_KAFKA_BOOTSTRAP names a
@@ -188,6 +193,7 @@ def bench_broker(
 
     from rich.table import Table
 
+    from engine.settings import Settings
     from engine.stack import EmbeddedStack
     from replay.broker_floor import broker_floor
 
@@ -196,11 +202,15 @@ def bench_broker(
             stack.enter_context(EmbeddedStack()).kafka_bootstrap
         )
         topic = f"broker-floor-{int(time.time())}"
-        res = broker_floor(bootstrap, topic, rate=rate, seconds=seconds, rounds=rounds)
+        parts = partitions or Settings().topic_partitions
+        res = broker_floor(bootstrap, topic, rate=rate, seconds=seconds, rounds=rounds,
+                           partitions=parts)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rate": rate, "seconds": seconds, "rounds": res}, indent=1))
+    out.write_text(json.dumps({"rate": rate, "seconds": seconds, "partitions": parts,
+                               "rounds": res}, indent=1))  # fmt: skip
+    title = f"broker floor at {rate:,.0f}/s, {parts} partitions"
     table = Table("round", "messages before", "received", "p50 ms", "p99 ms", "p99.9 ms",
-                  "broker cores", title=f"broker floor at {rate:,.0f}/s")  # fmt: skip
+                  "broker cores", title=title)  # fmt: skip
     for r in res:
         table.add_row(str(r["round"]), f"{r['messages_before']:,}", f"{r['events']:,}",
                       f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['p999_ms']:.1f}",

@@ -3,10 +3,12 @@
 A worker's decision latency cannot be lower than the time a message takes from its producer
 to a consumer that does nothing. This measures that time (the Kafka timestamp to the moment a
 bare confluent-kafka consumer, with the worker's fetch settings, gets the message) and the cores
-the broker takes meanwhile. Each round adds ``rate * seconds`` messages to the same partition,
-so the rounds show whether the floor depends on how much the topic holds: with the embedded
-Tansu 0.6 (memory storage) it does, since its fetch lists every stored record batch of the
-partition; a real Kafka finds an offset through its index.
+the broker takes meanwhile. Each round adds ``rate * seconds`` keyed messages to the same topic,
+spread over its partitions as the worker's transactions are (the worker's partition count by
+default), so the rounds show whether the floor depends on how much the topic holds and on how
+many partitions share it: with the embedded Tansu 0.6 (memory storage) it depends on both,
+since its fetch lists every stored record batch of each partition it reads and a paced producer
+stores one batch per partition per linger; a real Kafka finds an offset through its index.
 
 The producer runs in a child process (its pacing and the consumer's loop would share one GIL).
 """
@@ -36,6 +38,7 @@ class FloorRound:
     """One paced round: what the topic held before it, and what a bare consumer saw."""
 
     round: int
+    partitions: int
     messages_before: int
     events: int
     p50_ms: float
@@ -52,7 +55,7 @@ def _pace(bootstrap: str, topic: str, rate: float, n: int, linger_ms: float, tag
 
 def _round(
     bootstrap: str, topic: str, number: int, before: int, rate: float, seconds: float,
-    linger_ms: float, fetch_wait_ms: int,
+    linger_ms: float, fetch_wait_ms: int, partitions: int,
 ) -> FloorRound:  # fmt: skip
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"floor-{uuid.uuid4().hex}",
@@ -60,8 +63,10 @@ def _round(
     })  # fmt: skip
     # Tansu may report a high watermark inside the last record batch: a round starts a little
     # early and keeps only its own messages (keyed by the round)
-    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    consumer.assign([TopicPartition(topic, 0, high)])
+    consumer.assign([
+        TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1])
+        for p in range(partitions)
+    ])  # fmt: skip
     n, tag = int(rate * seconds), f"{number}-".encode()
     cpu0, t0 = cpu_seconds(cmdline_contains=bootstrap), time.monotonic()
     child = multiprocessing.get_context("spawn").Process(
@@ -85,23 +90,25 @@ def _round(
     cores = (cpu_seconds(cmdline_contains=bootstrap) - cpu0) / (time.monotonic() - t0)
     got = np.asarray(ages) if ages else np.zeros(1)
     p50, p99, p999 = (float(np.percentile(got, q)) for q in (50, 99, 99.9))
-    return FloorRound(number, before, len(ages), p50, p99, p999, cores)
+    return FloorRound(number, partitions, before, len(ages), p50, p99, p999, cores)
 
 
 def broker_floor(
     bootstrap: str, topic: str, rate: float = 5000, seconds: float = 12, rounds: int = 5,
-    linger_ms: float = 5, fetch_wait_ms: int = 25,
+    linger_ms: float = 5, fetch_wait_ms: int = 25, partitions: int = 1,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Paced rounds of ``rate`` messages/s for ``seconds`` each to partition 0 of ``topic``
-    (created with one partition if missing), each read by a new bare consumer from where the
-    round starts."""
-    ensure_topics(bootstrap, [topic], partitions=1)
+    """Paced rounds of ``rate`` messages/s for ``seconds`` each to ``topic`` (created with
+    ``partitions`` partitions if missing), each read by a new bare consumer of every partition
+    from where the round starts."""
+    ensure_topics(bootstrap, [topic], partitions=partitions)
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"floor-{uuid.uuid4().hex}"})
-    _, held = probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    held = sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+               for p in range(partitions))  # fmt: skip
     probe.close()
     per_round = int(rate * seconds)
     out = []
     for i in range(1, rounds + 1):
         before = held + (i - 1) * per_round
-        out.append(_round(bootstrap, topic, i, before, rate, seconds, linger_ms, fetch_wait_ms))
+        out.append(_round(bootstrap, topic, i, before, rate, seconds, linger_ms, fetch_wait_ms,
+                          partitions))  # fmt: skip
     return [asdict(r) for r in out]

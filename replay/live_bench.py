@@ -321,7 +321,6 @@ def live_figures(
     if not _wait_decided(workers, 1 + n_events, 600):
         msg = f"worker did not decide {n_events} transactions; see {data_dir / 'worker.log'}"
         raise RuntimeError(msg)
-    t_seen = time.time()
     cpu1 = _cpu(workers, settings)
     after = Scrape(w1.metrics())
     scores = read_topic(boot, settings.topic_scores, lambda v: len(v) >= n_events + 1, 120)
