@@ -116,7 +116,7 @@ def build_service(
     if use_registry:
         try:
             registry = ModelRegistry(settings.models_dir)
-            champion = registry.load_champion(**settings.scorer_threads())
+            champion = registry.load_champion(**settings.scorer_options())
         except Exception:
             log.exception("champion model unreadable; deciding with rules only until a good one")
     online = online_model(settings.checkpoints_dir / "online.pkl", names)

@@ -619,7 +619,7 @@ class ScoringService:
                 new.append(have[v])
             elif v not in self._bad_shadows:
                 try:
-                    new.append(registry.load(v, **self.settings.scorer_threads()))
+                    new.append(registry.load(v, **self.settings.scorer_options()))
                 except Exception:
                     log.exception("shadow %s unreadable; skipped", v)
                     self._bad_shadows.add(v)
@@ -650,7 +650,7 @@ class ScoringService:
         if version is None or version == self._champion_version:
             return False
         try:
-            scorer = registry.load(version, **self.settings.scorer_threads())
+            scorer = registry.load(version, **self.settings.scorer_options())
         except Exception:
             log.exception("could not load the promoted champion; keeping the current one")
             return False

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     #: that releases the GIL). Two: the largest stage whenever many rows are flagged, and two
     #: threads about halved it in ``make bench`` at 5,000/s (one run each; see the README).
     explain_threads: int = Field(default=2, ge=0)
+    #: How review/block decisions get their top contributions: ``shap`` (TreeSHAP, exact Shapley
+    #: values, ~1-2 ms a row) or ``path`` (each split on the row's path credits its feature,
+    #: ~13 µs a row; the same sum, a different ranking: see models/paths.py and the README).
+    explain_method: Literal["shap", "path"] = "shap"
 
     rules_dir: Path = DEFAULT_RULES_DIR
     #: A YAML feature spec; unset = the built-in default spec (features/spec.py).
@@ -164,9 +168,11 @@ class Settings(BaseSettings):
         """The group whose committed offsets say which transactions were applied."""
         return self.scoring_group_id if self.consumer == "batch" else self.app_id
 
-    def scorer_threads(self) -> dict[str, int]:
-        """LightGBM thread counts for :meth:`models.registry.ModelRegistry.load` (keywords)."""
-        return {"num_threads": self.model_threads, "explain_threads": self.explain_threads}
+    def scorer_options(self) -> dict[str, Any]:
+        """How the worker's LightGBM scorers run, as keywords of
+        :meth:`models.registry.ModelRegistry.load`."""
+        return {"num_threads": self.model_threads, "explain_threads": self.explain_threads,
+                "explain": self.explain_method}  # fmt: skip
 
     @property
     def models_dir(self) -> Path:

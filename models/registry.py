@@ -277,8 +277,9 @@ class ModelRegistry:
         return self.roles().champion
 
     def load(
-        self, version: str, num_threads: int = 0, explain_threads: int | None = None
-    ) -> LightGBMScorer:
+        self, version: str, num_threads: int = 0, explain_threads: int | None = None,
+        explain: str = "shap",
+    ) -> LightGBMScorer:  # fmt: skip
         """Load ``version``, checked; every failure is one of three clear errors.
 
         :class:`UnknownModelError`: no such version (or its model file is gone).
@@ -304,7 +305,7 @@ class ModelRegistry:
             )
             raise ModelLoadError(msg)
         try:
-            scorer = LightGBMScorer.from_string(text, num_threads, explain_threads)
+            scorer = LightGBMScorer.from_string(text, num_threads, explain_threads, explain)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             msg = f"model file {path} (version {version}) cannot be loaded: {first}"
@@ -325,8 +326,10 @@ class ModelRegistry:
         return scorer
 
     def load_champion(
-        self, num_threads: int = 0, explain_threads: int | None = None
+        self, num_threads: int = 0, explain_threads: int | None = None, explain: str = "shap"
     ) -> LightGBMScorer | None:
         """The champion scorer, or ``None`` if no champion was promoted."""
         version = self.champion_version()
-        return None if version is None else self.load(version, num_threads, explain_threads)
+        if version is None:
+            return None
+        return self.load(version, num_threads, explain_threads, explain)

@@ -27,6 +27,7 @@ from engine.build import build_service
 from engine.drift import DriftTracker
 from engine.pipeline import STAGES
 from engine.sinks import NullSink
+from models.lgbm import FloatArray, LightGBMScorer
 from models.reference import drift_reference
 from models.registry import ModelRegistry
 from models.train import train_lightgbm
@@ -71,7 +72,7 @@ def run_bench(
             trained.scorer, {"source": "bench", "reference_histograms": reference}
         )
         registry.promote(version)
-        service.pipeline.champion = registry.load(version, **settings.scorer_threads())
+        service.pipeline.champion = registry.load(version, **settings.scorer_options())
         online = service.pipeline.online
         if online is not None:  # online learning on: in-process and the worker use what it learned
             teach = (np.random.default_rng(5).random(len(y)) < 0.1) | y.astype(bool)
@@ -99,6 +100,7 @@ def run_bench(
         results["inprocess_wall_events_per_second"] = n / wall
         results["features_events_per_second"] = n / timed.stage_seconds["features"]
         results["inprocess_events"] = n
+        results.update(explain_figures(registry.load(version), timed.feature_matrix()))
 
         from features.bench import measure as features_measure
         from rules.bench import measure as rules_measure
@@ -115,6 +117,28 @@ def run_bench(
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     _print(results, out)
     return results
+
+
+def explain_figures(scorer: LightGBMScorer, x: FloatArray, rows: int = 200) -> dict[str, float]:
+    """What reasons cost per explained row by TreeSHAP and by path contributions
+    (``explain_<method>_us_per_row``, one thread each), and how often the two agree on the
+    ``rows`` highest-scored rows (the ones a policy flags): the same top feature
+    (``explain_path_top1_agreement``) and the share of the top three they share
+    (``explain_path_top3_overlap``)."""
+    scores = scorer.score_batch(x)
+    top = x[np.argsort(-scores, kind="stable")[:rows]]
+    out: dict[str, float] = {}
+    ranked = {}
+    for method in ("shap", "path"):
+        s = LightGBMScorer.from_string(scorer.model_text, 1, 1, method)
+        s.explain_batch(top[:2])  # the first call compiles or warms up
+        t0 = time.perf_counter()
+        ranked[method] = [[name for name, _, _ in r] for r in s.explain_batch(top)]
+        out[f"explain_{method}_us_per_row"] = (time.perf_counter() - t0) / len(top) * 1e6
+    pairs = list(zip(ranked["shap"], ranked["path"], strict=True))
+    out["explain_path_top1_agreement"] = float(np.mean([a[0] == b[0] for a, b in pairs]))
+    out["explain_path_top3_overlap"] = float(np.mean([len(set(a) & set(b)) / 3 for a, b in pairs]))
+    return out
 
 
 def _print(results: dict[str, Any], out: Path) -> None:

@@ -118,3 +118,26 @@ def test_champion_needing_unknown_features_is_degraded_feature_mismatch(
     registry.promote(good)
     assert service.refresh_models(settings.models_dir, every_seconds=0)
     assert {d["mode"] for d in decisions(service, 200)} == {"normal"}
+
+
+def test_explain_method_path_reaches_the_champion_and_its_decisions(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """RISKSTREAM_EXPLAIN_METHOD=path: the worker's champion explains by path contributions;
+    scores and decisions are those of TreeSHAP's service, only the contributions may differ."""
+    registry = ModelRegistry(tmp_path / "models")
+    registry.promote(registry.register(good_model(), {"source": "test"}))
+    out = {}
+    for method in ("shap", "path"):
+        redis_client.flushdb()
+        s = Settings(redis_url=redis_url, data_dir=tmp_path, explain_method=method,
+                     review_threshold=0.0, block_threshold=1.0)  # fmt: skip
+        service = build_service(s, sink=MemorySink())
+        assert service.pipeline.champion is not None
+        assert service.pipeline.champion.explain_method == method
+        out[method] = decisions(service, 0)
+    shap, path = out["shap"], out["path"]
+    assert [(d["score"], d["decision"]) for d in shap] == [
+        (d["score"], d["decision"]) for d in path
+    ]
+    assert all(d["decision"] == "review" and len(d["contributions"]) == 3 for d in path)
