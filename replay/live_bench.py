@@ -146,16 +146,42 @@ def _decided(workers: list[WorkerProcess]) -> float:
     return sum(Scrape(w.metrics()).value("riskstream_decisions_total") for w in workers)
 
 
-#: How often the bench asks the workers how far they are. A /metrics scrape holds a worker's GIL
-#: for 10-30 ms (its ~550 series); scraped 10 times a second it took a fifth of the worker's
-#: samples in a py-spy profile of the throughput run, where Prometheus scrapes every 15 s. The
-#: figures do not depend on it: throughput comes from the decisions' ``scored_at``, latency
-#: from the worker's histogram.
+#: How often the bench asks the workers how far they are, at most. A /metrics scrape holds a
+#: worker's GIL 10-30 ms (its ~550 series); scraped 10 times a second it took a fifth of the
+#: worker's samples in a py-spy profile of the throughput run, where Prometheus scrapes every
+#: 15 s. Near the end the bench asks sooner (:func:`_next_poll`), so the worker's idle time
+#: after its last decision stays out of the stage breakdown.
 POLL_SECONDS = 1.0
+MIN_POLL_SECONDS = 0.05
+
+
+def _next_poll(remaining: float, rate: float) -> float:
+    """Seconds to wait before asking again: half the time the rest should take at the rate
+    seen so far, between ``MIN_POLL_SECONDS`` and ``POLL_SECONDS``.
+
+    >>> _next_poll(50_000, 10_000), _next_poll(1_000, 10_000), _next_poll(10, 10_000)
+    (1.0, 0.05, 0.05)
+    >>> _next_poll(5_000, 0.0)  # no progress seen yet
+    1.0
+    """
+    if rate <= 0:
+        return POLL_SECONDS
+    return min(POLL_SECONDS, max(MIN_POLL_SECONDS, remaining / rate / 2))
 
 
 def _wait_decided(workers: list[WorkerProcess], n: float, timeout: float) -> bool:
-    return wait_until(lambda: _decided(workers) >= n, timeout, every=POLL_SECONDS)
+    """Until the workers have decided ``n`` transactions in all (False after ``timeout`` s)."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    first = done = _decided(workers)
+    while done < n:
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        rate = (done - first) / (now - t0) if now > t0 else 0.0
+        time.sleep(min(_next_poll(n - done, rate), max(deadline - now, 0.0)))
+        done = _decided(workers)
+    return True
 
 
 def _batches(after: Scrape, before: Scrape) -> float:

@@ -109,3 +109,12 @@ def test_bench_figures_of_both_methods() -> None:
     assert figures["explain_shap_us_per_row"] > 0 and figures["explain_path_us_per_row"] > 0
     assert 0 <= figures["explain_path_top1_agreement"] <= 1
     assert 1 / 3 <= figures["explain_path_top3_overlap"] <= 1  # 5 features: 3 of them shared
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from models import paths
+
+    result = doctest.testmod(paths)
+    assert result.attempted > 0 and result.failed == 0
