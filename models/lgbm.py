@@ -71,7 +71,7 @@ class LightGBMScorer:
                 self._paths = TreePaths.of(self._booster)
                 self._paths.contributions(np.zeros((1, len(self._feature_names))))
             except UnsupportedTreeError:
-                self._paths = None
+                pass  # explained by TreeSHAP (explain_method says so)
 
     @property
     def explain_method(self) -> str:

@@ -100,7 +100,7 @@ def run_bench(
         results["inprocess_wall_events_per_second"] = n / wall
         results["features_events_per_second"] = n / timed.stage_seconds["features"]
         results["inprocess_events"] = n
-        results.update(explain_figures(registry.load(version), timed.feature_matrix()))
+        results.update(explain_figures(trained.scorer, timed.feature_matrix()))
 
         from features.bench import measure as features_measure
         from rules.bench import measure as rules_measure

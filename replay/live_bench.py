@@ -248,7 +248,7 @@ def _paced(
         msg = f"{prefix}: the workers did not decide {n} transactions"
         raise RuntimeError(msg)
     wall = time.perf_counter() - t0
-    machine = _cores_since(cpu0, workers, settings, wall)
+    machine = _cores(cpu0, _cpu(workers, settings), wall)
     after = Scrape(workers[0].metrics())
     spent = redis_command_usec(settings.redis_url)
     batches = _batches(after, before)
@@ -264,14 +264,6 @@ def redis_command_usec(url: str) -> dict[str, float]:
     run's figures can tell the server's share of a batch from the round trip's."""
     stats = redis.Redis.from_url(url).info("commandstats")
     return {k.removeprefix("cmdstat_"): float(v["usec"]) for k, v in stats.items()}
-
-
-def _cores_since(
-    cpu0: dict[str, float], workers: list[WorkerProcess], settings: Settings, wall: float
-) -> dict[str, float]:
-    """``cpu_cores_<process>``: the cores each took since ``cpu0`` (a :func:`_cpu`), over
-    ``wall`` seconds."""
-    return _cores(cpu0, _cpu(workers, settings), wall)
 
 
 def _cores(cpu0: dict[str, float], cpu1: dict[str, float], wall: float) -> dict[str, float]:
