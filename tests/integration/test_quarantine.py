@@ -12,6 +12,7 @@ stop at the first bad row with one line.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -307,6 +308,37 @@ def test_a_labels_file_with_bad_rows(tmp_path: Path, stack: dict[str, str]) -> N
                 "2026-01-02", "--train-end", "2026-01-07", "--strict", "--scratch-db", "14"],
                env)  # fmt: skip
     assert res.returncode == 2 and f"row {min(planted)}: {planted[min(planted)]}" in res.stderr
+
+
+def test_backtest_with_labels_and_no_is_fraud_column(tmp_path: Path, stack: dict[str, str]) -> None:
+    """The case ``--labels`` is for: a transactions file without ``is_fraud``. With the same
+    labels file (a day-late label per event, in reverse time order, and an earlier opposite
+    verdict on every 7th: the latest label wins) the report must equal the one from the file
+    carrying each event's final label, and count the test period's frauds by the latest
+    labels. It used to end in ``KeyError: 'is_fraud'`` after the scoring."""
+    df = simulate(days=10, seed=8, n_customers=150, n_merchants=40)
+    rows = [{"event_id": e, "ts": int(t) + 86_400_000, "is_fraud": bool(f)}
+            for e, t, f in zip(df["event_id"], df["ts"], df["is_fraud"], strict=True)]  # fmt: skip
+    rows += [{**r, "ts": r["ts"] - 3_600_000, "is_fraud": not r["is_fraud"]} for r in rows[::7]]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_bytes(b"\n".join(orjson.dumps(r) for r in reversed(rows)) + b"\n")
+    bare, truth = tmp_path / "bare.parquet", tmp_path / "truth.parquet"
+    write_transactions(df.drop(columns=["is_fraud"]), bare)
+    write_transactions(df, truth)
+    period = ["--train-start", "2026-01-01", "--train-end", "2026-01-08",
+              "--test-start", "2026-01-08", "--test-end", "2026-01-11"]  # fmt: skip
+    reports = []
+    for name in ("bare", "truth"):
+        env = {"RISKSTREAM_REDIS_URL": _db(stack, 12), "RISKSTREAM_DATA_DIR": str(tmp_path / "d")}
+        out = tmp_path / f"bt-{name}"
+        res = _cli(["backtest", "--transactions", str(tmp_path / f"{name}.parquet"), "--labels",
+                    str(labels), *period, "--out", str(out)], env)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        reports.append(json.loads((out / "report.json").read_text()))
+    same = [k for k in reports[1] if "seconds" not in k and "per_second" not in k]
+    assert {k: reports[0][k] for k in same} == {k: reports[1][k] for k in same}
+    test = (df["ts"] >= 1_767_830_400_000) & (df["ts"] < 1_768_089_600_000)  # 8th to 11th
+    assert reports[0]["n_test_frauds"] == int(df.loc[test, "is_fraud"].sum()) > 0
 
 
 def test_a_file_whose_every_row_is_rejected(tmp_path: Path, stack: dict[str, str]) -> None:
