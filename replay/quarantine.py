@@ -276,6 +276,8 @@ def load_labels(
 
 def final_truth(labels: pd.DataFrame, event_ids: pd.Series) -> pd.Series:
     """Each event's final label: the last of its labels in ``labels`` (in time order: a later
-    chargeback overrides an analyst), False for an event without one."""
-    last = labels.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
+    chargeback overrides an analyst; file order without a ``ts`` column), False for an event
+    without one."""
+    ordered = labels.sort_values("ts", kind="stable") if "ts" in labels.columns else labels
+    last = ordered.drop_duplicates("event_id", keep="last").set_index("event_id")["is_fraud"]
     return event_ids.map(last).fillna(False).astype(bool)

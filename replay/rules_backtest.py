@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from replay.quarantine import final_truth
+
 DAY_MS = 86_400_000
 
 
@@ -155,14 +157,14 @@ def _labels(
     ts = df["ts"].to_numpy(dtype=np.int64)
     end = int(ts.max()) if len(ts) else 0
     if labels is not None:
-        lab = labels.drop_duplicates("event_id", keep="last")
-        fraud = dict.fromkeys(ids.tolist(), False)
-        fraud.update(zip(lab["event_id"].astype(str), lab["is_fraud"].astype(bool), strict=True))
+        lab = labels.assign(event_id=labels["event_id"].astype(str))
+        truth = final_truth(lab, pd.Series(ids))
+        fraud = dict(zip(ids.tolist(), truth.tolist(), strict=True))
         mature = dict.fromkeys(ids.tolist(), True)
-        if "ts" in lab.columns:
-            label_ts = lab["ts"].to_numpy(dtype=np.int64)
-            for eid, t in zip(lab["event_id"].astype(str), label_ts, strict=True):
-                if t > end and eid in mature:
+        if "ts" in lab.columns:  # an event whose final label came after the file's end
+            last = lab.sort_values("ts", kind="stable").drop_duplicates("event_id", keep="last")
+            for eid in last.loc[last["ts"].to_numpy(dtype=np.int64) > end, "event_id"]:
+                if eid in mature:
                     mature[eid] = False
         return fraud, mature, "labels file"
     if "is_fraud" not in df.columns:

@@ -62,3 +62,26 @@ def test_a_file_without_the_label_columns_is_an_error_not_bad_rows(tmp_path: Pat
     pd.DataFrame({"event_id": ["a"], "ts": [T0]}).to_parquet(path)
     with pytest.raises(ValueError, match="missing column\\(s\\) is_fraud"):
         load_labels(path)
+
+
+def test_the_final_label_is_the_latest_in_time_not_in_file_order() -> None:
+    """A chargeback (later) overrides an analyst's verdict (earlier) wherever the rows sit in
+    the file; train, backtest and rules backtest read the same truth."""
+    import numpy as np
+
+    from replay.quarantine import final_truth
+    from replay.rules_backtest import _labels
+
+    labels = pd.DataFrame({
+        "event_id": ["a", "a", "b", "b", "c"],
+        "ts": [T0 + 300, T0 + 200, T0 + 100, T0 + 400, T0 + 50],
+        "is_fraud": [True, False, True, False, True],
+    })  # fmt: skip
+    ids = pd.Series(["a", "b", "c", "d"])
+    assert final_truth(labels, ids).tolist() == [True, False, True, False]
+    # without a ts column, file order decides
+    assert final_truth(labels.drop(columns="ts"), ids).tolist() == [False, False, True, False]
+    tx = pd.DataFrame({"event_id": ids, "ts": np.full(4, T0 + 350, dtype=np.int64)})
+    fraud, mature, _ = _labels(tx, labels, None)
+    assert fraud == {"a": True, "b": False, "c": True, "d": False}
+    assert mature == {"a": True, "b": False, "c": True, "d": True}  # b's last label: after the end
