@@ -269,3 +269,32 @@ def test_csv_lines_that_do_not_split_are_rows_not_errors(df: pd.DataFrame, tmp_p
     assert np.flatnonzero(streamed["_malformed"].notna().to_numpy()).tolist() == planted
     with pytest.raises(ValueError, match="the CSV line has 16 fields"):
         list(iter_batches(dirty, 7))
+
+
+def test_csv_lines_pandas_cannot_read_are_found_among_many(
+    df: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A bare carriage return inside an unquoted field passes the field count but pandas reads
+    the line as two rows: each such line is a malformed row ("unreadable CSV line"), found by
+    halving the block, and every other row reads as in the clean file."""
+    clean = df.iloc[:300].reset_index(drop=True)
+    good = tmp_path / "good.csv"
+    write_transactions(clean, good)
+    header, *body = good.read_bytes().splitlines(keepends=True)
+    assert not any(b'"' in line for line in body)
+    planted = [7, 150, 151, 299]
+    out = [header]
+    for k, line in enumerate(body):
+        out.append(line)
+        if k in planted:
+            out.append(line.replace(b",", b"\rx,", 1))
+    dirty = tmp_path / "dirty.csv"
+    dirty.write_bytes(b"".join(out))
+    back = read_transactions(dirty, lenient=True)
+    rows = [k + 1 + i for i, k in enumerate(planted)]  # rows of the inserted lines (from 0)
+    broken = back["_malformed"].notna().to_numpy()
+    assert np.flatnonzero(broken).tolist() == rows
+    assert back.loc[broken, "_malformed"].str.startswith("unreadable CSV line").all()
+    kept, quarantine = load_transactions(dirty)
+    pd.testing.assert_frame_equal(kept, clean, check_exact=True)
+    assert quarantine.frame()["row"].tolist() == rows
