@@ -23,17 +23,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from features.hashing import hash64
 
 U64 = np.ndarray[Any, np.dtype[np.uint64]]
 Mask = np.ndarray[Any, np.dtype[np.bool_]]
 
 
 def id_hashes(ids: Sequence[object]) -> U64:
-    """A 64-bit hash per id (pandas' SipHash of the string: stable across runs)."""
-    values = np.array([str(i) for i in ids], dtype=object)
-    hashes: U64 = np.asarray(pd.util.hash_array(values, categorize=False), dtype=np.uint64)
-    return hashes
+    """A 64-bit hash per id: the feature store's (:func:`features.hashing.hash64`, stable
+    across runs); an id that is not text is hashed as its ``str``."""
+    vals: list[Any] = ids if isinstance(ids, list) else list(ids)
+    try:
+        return hash64(vals)  # all strings: the common case, no copy
+    except TypeError:
+        return hash64([str(i) for i in vals])
 
 
 class SeenIds:
@@ -47,9 +51,7 @@ class SeenIds:
         return self._size
 
     def add(self, ids: Sequence[object]) -> None:
-        hashes = np.sort(id_hashes(ids))
-        if len(hashes) > 1:  # distinct within the batch
-            hashes = hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))]
+        hashes = np.unique(id_hashes(ids))  # sorted, distinct within the batch
         if len(hashes):
             hashes = hashes[~self._contains_hashes(hashes)]
         if not len(hashes):
