@@ -107,8 +107,7 @@ def report(
     )
     err.print(f"{result['transactions']:,} transactions; most drifted: {top or '—'}")
     err.print(f"wrote {json_path} and {html_path}")
-    if transactions is not None and quarantined:
-        from replay.quarantine import REJECTED_FILE, reasons_text
+    if quarantined:
+        from replay.quarantine import REJECTED_FILE, quarantined_line
 
-        n, reasons = sum(quarantined.values()), reasons_text(quarantined)
-        err.print(f"{n:,} rows quarantined ({reasons}) in {out / REJECTED_FILE}")
+        err.print(quarantined_line(quarantined, "rows", out / REJECTED_FILE))

@@ -31,6 +31,7 @@ from engine.drift import CALENDAR_FEATURES, HIST_PREFIX, parse_hour
 from engine.settings import Settings
 from models.drift import DECISIONS, HOUR_MS, SCORE, DriftReference, HourCounts
 from models.registry import ModelRegistry
+from replay.quarantine import REJECTED_FILE, Quarantine, reasons_text
 
 DAY_MS = 24 * HOUR_MS
 #: The statistics of a period with fewer rows are left out of "PSI over time" (too noisy).
@@ -112,7 +113,6 @@ def feature_log(
         if {"score", "decision", "ts"} <= names:
             return pd.read_parquet(path), {}
     from engine.build import build_service
-    from replay.quarantine import REJECTED_FILE
     from replay.replay import ReplayOptions, ReplaySink, replay_inprocess
     from replay.training import claim_scratch, scratch_url
 
@@ -130,12 +130,11 @@ def feature_log(
                              strict=strict)  # fmt: skip
         try:
             replay_inprocess(opts, scratch, service=service)
-            rejected = pd.read_parquet(Path(tmp) / "out" / REJECTED_FILE)
+            quarantine = Quarantine()
+            quarantine.add(pd.read_parquet(Path(tmp) / "out" / REJECTED_FILE))
             if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                rejected.to_parquet(out / REJECTED_FILE, index=False)
-            reasons = {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}
-            return pd.read_parquet(Path(tmp) / "out" / "decisions.parquet"), reasons
+                quarantine.write(out)
+            return pd.read_parquet(Path(tmp) / "out" / "decisions.parquet"), quarantine.by_reason()
         finally:
             client.flushdb()
 
@@ -289,8 +288,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     shares = ", ".join(f"{k} {fmt(v)}" for k, v in report["decision_shares"].items())
     bad = report.get("quarantined") or {}
     quarantined = (
-        f" · {sum(bad.values()):,} rows quarantined ("
-        + esc(", ".join(f"{k} {v:,}" for k, v in sorted(bad.items()))) + ", rejected.parquet)"
+        f" · {sum(bad.values()):,} rows quarantined ({esc(reasons_text(bad))}, {REJECTED_FILE})"
         if bad else ""
     )  # fmt: skip
     return f"""<!doctype html>

@@ -178,7 +178,7 @@ def test_train_quarantines(
                 "--scratch-db", "14"], env)  # fmt: skip
     assert res.returncode == 0, res.stderr
     _check_rejected(out, planted, res.stdout + res.stderr)
-    assert f"{len(planted):,} rows quarantined" in " ".join((res.stdout + res.stderr).split())
+    assert f"quarantined {len(planted):,} rows" in " ".join((res.stdout + res.stderr).split())
     assert f"{len(planted):,} rows quarantined" in (out / "drift.html").read_text()
     report = orjson.loads((out / "drift.json").read_bytes())
     assert sum(report["quarantined"].values()) == len(planted)
