@@ -72,7 +72,6 @@ from replay import merge
 from replay.inprocess import encode, records_of
 from replay.quarantine import (
     REJECTED_LABELS_FILE,
-    BadRowError,
     Quarantine,
     final_truth,
     load_labels,
@@ -190,14 +189,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_inputs(cfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Transactions (sorted by ts, with a ``target`` column) and labels (sorted by arrival);
-    bad transaction rows are quarantined (``fingerprint["quarantine"]``)."""
+def load_inputs(
+    cfg: TrainingConfig,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], Quarantine, Quarantine | None]:
+    """Transactions (sorted by ts, with a ``target`` column), labels (sorted by arrival), the
+    inputs' fingerprint, and the rows quarantined from the transactions file and from the
+    labels file (None without one). A transactions file without a required column has every
+    row quarantined (see :func:`replay.quarantine.load_transactions`)."""
     tx, quarantine = load_transactions(cfg.transactions, strict=cfg.strict)
-    missing = [c for c in ("event_id", "ts", "card_id", "merchant_id", "amount") if c not in tx]
-    if missing:
-        msg = f"{cfg.transactions}: missing column(s) {', '.join(missing)}"
-        raise TrainingError(msg)
     tx = tx.sort_values("ts", kind="stable").reset_index(drop=True)
     fingerprint: dict[str, Any] = {
         "transactions": {
@@ -205,20 +204,15 @@ def load_inputs(cfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
             "sha256": _sha256(cfg.transactions),
             "rows": len(tx) + quarantine.count,
         },
-        "quarantine": quarantine,
     }
+    bad_labels: Quarantine | None = None
     if cfg.labels is not None:
-        try:
-            labels, bad_labels = load_labels(cfg.labels, strict=cfg.strict)
-        except BadRowError:
-            raise
-        except ValueError as exc:  # not a labels file at all
-            raise TrainingError(str(exc)) from None
-        fingerprint["labels_quarantine"] = bad_labels
+        labels, bad_labels = load_labels(cfg.labels, strict=cfg.strict)
         labels = labels.sort_values("ts", kind="stable").reset_index(drop=True)
         target = final_truth(labels, tx["event_id"])
         fingerprint["labels"] = {
-            "file": cfg.labels.name, "sha256": _sha256(cfg.labels), "rows": len(labels),
+            "file": cfg.labels.name, "sha256": _sha256(cfg.labels),
+            "rows": len(labels) + bad_labels.count,
         }  # fmt: skip
     else:
         if "is_fraud" not in tx:
@@ -240,7 +234,7 @@ def load_inputs(cfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
         )
         fingerprint["label_delay_ms"] = delay
     tx["target"] = target.to_numpy()
-    return tx, labels, fingerprint
+    return tx, labels, fingerprint, quarantine, bad_labels
 
 
 # ------------------------------------------------------------------------------------ replay
@@ -374,13 +368,11 @@ def train_from_history(
     flushed before and after. ``settings`` gives the rules, thresholds and the model registry.
     """
     t_start = time.perf_counter()
-    tx, labels, fingerprint = load_inputs(cfg)
-    quarantine: Quarantine = fingerprint.pop("quarantine")
+    tx, labels, fingerprint, quarantine, bad_labels = load_inputs(cfg)
     rejected_path = quarantine.write(cfg.out or settings.data_dir / "train")
     if quarantine.count:
         log(f"{quarantine.summary()}: {rejected_path}")
     fingerprint["transactions"]["quarantined"] = quarantine.by_reason()
-    bad_labels: Quarantine | None = fingerprint.pop("labels_quarantine", None)
     if bad_labels is not None:
         path = bad_labels.write(cfg.out or settings.data_dir / "train", REJECTED_LABELS_FILE)
         if bad_labels.count:
