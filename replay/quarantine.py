@@ -41,7 +41,7 @@ from engine.schemas import (
     TRANSACTION,
     WRONG_TYPE,
 )
-from replay.sources import MALFORMED, MALFORMED_RAW
+from replay.sources import MALFORMED, MALFORMED_RAW, read_transactions
 
 REJECTED_FILE = "rejected.parquet"
 #: the rejected rows of a ``--labels`` file (train, backtest, rules backtest)
@@ -146,18 +146,15 @@ def split_frame(
     return v.split(first_row)
 
 
-def split_labels(df: pd.DataFrame, ts_required: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`split_frame` for a labels file: ``event_id``, a readable ``ts`` and an
-    ``is_fraud`` of true/false/1/0 (a repeated ``event_id`` is not a bad row: the last one is
-    the label, as a later chargeback overrides an analyst)."""
+def split_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`split_frame` for a labels file that has the columns :func:`load_labels` asks for:
+    ``event_id``, a readable ``ts`` where there is one, and an ``is_fraud`` of true/false/1/0
+    (a repeated ``event_id`` is not a bad row: the latest label is the truth, as a later
+    chargeback overrides an analyst)."""
     v = _Verdicts(df)
-    v.common(LABEL.required_str, ts_required)
-    df = v.df
-    if "is_fraud" not in df.columns:
-        v.mark(np.ones(len(df), dtype=bool), MISSING_FIELD, "the file has no column 'is_fraud'")
-    else:
-        v.mark(df["is_fraud"].isna().to_numpy(), WRONG_TYPE,
-               "is_fraud: missing or not one of true/false/1/0")  # fmt: skip
+    v.common(LABEL.required_str, ts_required=False)
+    v.mark(v.df["is_fraud"].isna().to_numpy(), WRONG_TYPE,
+           "is_fraud: missing or not one of true/false/1/0")  # fmt: skip
     return v.split(0)
 
 
@@ -225,8 +222,6 @@ def load_transactions(
     read at all (wrong suffix, not Parquet, a ``ts`` column of booleans) still raises
     ``ValueError``: that is not a bad row, it is a bad file.
     """
-    from replay.sources import read_transactions
-
     df = read_transactions(path, lenient=True)
     good, rejected = split_frame(df, duplicates=duplicates)
     if strict and len(rejected):
@@ -257,15 +252,13 @@ def load_labels(
     """A labels file's accepted rows (``event_id``, ``ts``, ``is_fraud`` and ``source`` if
     present, file order) and its quarantine (``strict``: :class:`BadRowError` at the first).
     ``ts_required=False``: a file without ``ts`` is accepted (labels known at the end)."""
-    from replay.sources import read_transactions
-
     frame = read_transactions(path, lenient=True)
     need = [c for c in ("event_id", "ts", "is_fraud")
             if c not in frame.columns and (c != "ts" or ts_required)]  # fmt: skip
     if need:  # not a bad row: a file that is not a labels file
         msg = f"{path}: missing column(s) {', '.join(need)}"
         raise ValueError(msg)
-    good, rejected = split_labels(frame, ts_required)
+    good, rejected = split_labels(frame)
     if strict and len(rejected):
         raise first_bad(rejected, str(path))
     quarantine = Quarantine()
