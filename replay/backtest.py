@@ -81,15 +81,12 @@ class Period:
 
 
 def _labels(
-    df: pd.DataFrame, labels_path: Path | None, delay_ms: int, strict: bool = False,
-    out: Path | None = None,
-) -> tuple[pd.DataFrame, Quarantine]:  # fmt: skip
+    df: pd.DataFrame, labels_path: Path | None, delay_ms: int, strict: bool = False
+) -> tuple[pd.DataFrame, Quarantine]:
     """Labels with the time they became known, sorted by that time, and the labels file's
-    rejected rows (written to ``out/rejected-labels.parquet``)."""
+    rejected rows."""
     if labels_path is not None:
         lab, rejected = load_labels(labels_path, strict=strict)
-        if out is not None:
-            rejected.write(out, REJECTED_LABELS_FILE)
         return lab[["event_id", "ts", "is_fraud"]].sort_values("ts", kind="stable"), rejected
     lab = df.loc[:, ["event_id", "ts", "is_fraud"]].copy()
     lab["ts"] = lab["ts"] + delay_ms
@@ -171,7 +168,9 @@ def run_backtest(
     df = df[df["ts"] < period.test_end].sort_values("ts", kind="stable").reset_index(drop=True)
     redis.Redis.from_url(settings.redis_url).flushdb()  # a backtest starts from empty state
     service = build_service(settings, sink=NullSink(), use_registry=False, live=False)
-    labels, bad_labels = _labels(df, labels_path, label_delay_ms, strict, out)
+    labels, bad_labels = _labels(df, labels_path, label_delay_ms, strict)
+    if labels_path is not None:
+        bad_labels.write(out, REJECTED_LABELS_FILE)
     x, names, t_features = feature_log(service, df, labels, settings.batch_size, quarantine.count)
     ts = df["ts"].to_numpy()
     if labels_path is not None:  # the truth is the last label of each event (as train's)
