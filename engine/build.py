@@ -91,8 +91,8 @@ def check_server(client: redis.Redis) -> None:
     except redis.ResponseError:
         version = client.info("server").get("redis_version", "?")
         msg = (
-            f"the Redis server at {client.connection_pool.connection_kwargs.get('host')} "
-            f"(redis_version {version}) has no HEXPIRE: use Redis >= 7.4 or Valkey >= 9"
+            f"the Redis server at {_where(client)} (redis_version {version}) has no HEXPIRE: "
+            "use Redis >= 7.4 or Valkey >= 9"
         )
         raise ServerTooOldError(msg) from None
 

@@ -103,8 +103,9 @@ def worker(
     cap_arenas(settings.malloc_arenas)  # before librdkafka's threads start
     wait = settings.startup_wait_seconds
     ensure_topics(settings.kafka_bootstrap, settings.topics(), settings.topic_partitions, wait)
-    wait_for_redis(redis.Redis.from_url(settings.redis_url), wait)
-    service = build_service(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_for_redis(client, wait)
+    service = build_service(settings, client=client)
     faust_app = create_app(settings)
     runtime = Runtime(settings, faust_app, service)
     importlib.import_module("agents").register(runtime)
