@@ -298,3 +298,23 @@ def test_csv_lines_pandas_cannot_read_are_found_among_many(
     kept, quarantine = load_transactions(dirty)
     pd.testing.assert_frame_equal(kept, clean, check_exact=True)
     assert quarantine.frame()["row"].tolist() == rows
+
+
+_SOUND = [b'a,"b, c",d\n', b"x,y,z\n", b'"q ""w""",e,f\r\n', b'"multi\nline",g,h\n']
+_BROKEN = [b'a,"open,c\n', b"a,b\n", b"a,b,c,d\n", b'a,"x"y,c\n', b'"a"",b,c\n', b"a,b\rc,d\n",
+           b'a,"b\n"x,c\n']  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_SOUND + _BROKEN), min_size=1, max_size=12))
+def test_a_quoted_block_is_judged_as_line_by_line(lines: list[bytes]) -> None:
+    """One csv reader over a block with quotes finds the same bad rows, for the same reasons,
+    as a reader per line (the reference)."""
+    from replay.sources import _bad_widths, _fields, _wrong_width
+
+    expected = {}
+    for i, line in enumerate(lines):
+        n = _fields(line)
+        if n != 3:
+            expected[i] = n if isinstance(n, str) else _wrong_width(n, 3)
+    assert _bad_widths(lines, b"".join(lines), 3) == expected
