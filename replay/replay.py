@@ -61,10 +61,9 @@ from replay.merge import (
     Merger,
     Record,
     count_rows,
-    read_chunks,
 )
 from replay.quarantine import REJECTED_FILE, Quarantine, first_bad
-from replay.seen_ids import SeenIds
+from replay.seen_ids import SeenIds, id_hashes
 from replay.sources import MALFORMED, MALFORMED_RAW
 
 if TYPE_CHECKING:
@@ -460,13 +459,33 @@ class _Run:
         )  # fmt: skip
         self.seconds_before = self.result.seconds
         self.t0 = time.perf_counter()
+        # the ids decided so far, and their hashes beside the checkpoint: a resumed run knows
+        # exactly what was decided before it (not the rows the decoder dead-lettered)
+        self.decided = SeenIds()
+        self.ids_path = self.ckpt_path.with_suffix(".ids")
+        kept = int(state.get("decided_ids", 0)) if state is not None else 0
+        if kept:
+            self.decided.add_hashes(np.fromfile(self.ids_path, dtype=np.uint64, count=kept))
+        self.ids_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.ids_path.open("ab") as f:
+            f.truncate(kept * 8)  # what came after the checkpoint is replayed again
+        self._ids_written = kept
+
+    def remember(self, ids: list[str]) -> None:
+        """Ids a batch decided: kept in memory and appended to the ids file (closed at once, so
+        a checkpoint saved after it counts only what is written)."""
+        hashes = id_hashes(ids)
+        self.decided.add_hashes(hashes)
+        with self.ids_path.open("ab") as f:
+            f.write(hashes.tobytes())
+        self._ids_written += len(hashes)
 
     def save(self, position: MergePosition, parts: int, done: bool = False) -> None:
         self.result.seconds = self.seconds_before + time.perf_counter() - self.t0
         self.result.position = position.to_json()
         _atomic_write_json(self.ckpt_path, {
             "fingerprint": self.fingerprint, "position": position.to_json(), "parts": parts,
-            "done": done, "result": self.result.to_json(),
+            "done": done, "result": self.result.to_json(), "decided_ids": self._ids_written,
         })  # fmt: skip
 
     def finish_stats(self) -> None:
@@ -504,7 +523,7 @@ def replay_inprocess(
             "dead-lettered as duplicate_event_id (empty the Redis database to replay afresh)"
         )
     log = DecisionLog(opts.out, run.first_part) if opts.out is not None else None
-    decided = _decided_before(opts, run.position, log)
+    decided = run.decided
     dead_file = (opts.out / "dead_letters.jsonl").open("ab") if opts.out is not None else None
     quarantine = Quarantine()
     # rows are numbered from the merge position, exact unless --from/--until skipped some
@@ -535,7 +554,7 @@ def replay_inprocess(
                 messages = _reject(messages, drop, service)
                 report = process(messages)
                 if batch.kind == TRANSACTION and report.scored is not None:
-                    decided.add([d.event_id for d in report.scored.decisions])
+                    run.remember([d.event_id for d in report.scored.decisions])
                 result.sent[batch.kind] += len(batch.records)
                 result.dead[batch.kind] += len(drop)
                 result.valid[batch.kind] += report.valid
@@ -623,29 +642,6 @@ def _reject(
     dead = [DeadLetter(reason, detail, messages[i]) for i, (reason, detail) in sorted(drop.items())]
     service.emit_dead(dead, messages[0].topic)
     return [m for i, m in enumerate(messages) if i not in drop]
-
-
-def _decided_before(
-    opts: ReplayOptions, position: MergePosition, log: DecisionLog | None
-) -> SeenIds:
-    """The ids a resumed replay decided before its checkpoint: its decision parts, or without
-    ``--out`` the transactions before the position (in ``--from``/``--until``)."""
-    decided = SeenIds()
-    if position.transactions == 0:
-        return decided
-    if log is not None:
-        for part in sorted(log.parts_dir.glob("part-*.parquet")):
-            decided.add(pq.read_table(part, columns=["event_id"]).column(0).to_pylist())
-        return decided
-    lo = opts.start_ms if opts.start_ms is not None else -(2**62)
-    hi = opts.until_ms if opts.until_ms is not None else 2**62
-    for chunk in read_chunks(opts.transactions, TRANSACTION, limit=position.transactions):
-        keep = (chunk.ts >= lo) & (chunk.ts < hi)
-        decided.add([
-            r["event_id"] for r, k in zip(chunk.records, keep.tolist(), strict=True)
-            if k and isinstance(r, dict) and isinstance(r.get("event_id"), str)
-        ])  # fmt: skip
-    return decided
 
 
 def _rejected_rows(dead: list[bytes], topic: str) -> pd.DataFrame:

@@ -51,7 +51,11 @@ class SeenIds:
         return self._size
 
     def add(self, ids: Sequence[object]) -> None:
-        hashes = np.unique(id_hashes(ids))  # sorted, distinct within the batch
+        self.add_hashes(id_hashes(ids))
+
+    def add_hashes(self, hashes: U64) -> None:
+        """Add ids by their :func:`id_hashes` (a resumed replay reads back the ones it kept)."""
+        hashes = np.unique(hashes)  # sorted, distinct within the batch
         if len(hashes):
             hashes = hashes[~self._contains_hashes(hashes)]
         if not len(hashes):

@@ -200,3 +200,47 @@ def test_cli_simulate_handbook_and_replay(settings: Settings, tmp_path: Path) ->
     res = runner.invoke(app, ["replay", "--transactions", str(path), "--to", "nowhere"])
     assert res.exit_code != 0
     assert isinstance(res.exception, cli_replay.ReplayUsageError)
+
+
+@pytest.mark.parametrize("with_out", [True, False])
+def test_a_resumed_replay_decides_what_an_uninterrupted_one_does(
+    settings: Settings, world: pd.DataFrame, tmp_path: Path, with_out: bool
+) -> None:
+    """Re-stamped copies 36 h later, five of whose originals (before the checkpoint) have no
+    amount: the decoder dead-letters those five, so their copies are the first decided rows of
+    their ids. A run interrupted after the originals and resumed must decide and dead-letter
+    exactly what the same file does in one go (the resumed run used to rebuild its ids from the
+    file before the checkpoint, invalid rows included, and dead-lettered those five copies)."""
+    tx, n_copies = cross_day_copies(world, 30)
+    copied = set(tx.loc[tx["event_id"].duplicated(), "event_id"])
+    spoil = [i for i in range(150) if tx.at[i, "event_id"] in copied][:5]
+    assert tx["event_id"].isin(tx.loc[spoil, "event_id"]).to_numpy()[300:].sum() == 5
+    tx.loc[spoil, "amount"] = np.nan
+    path = tmp_path / "tx.parquet"
+    write_transactions(tx, path)
+    opts: dict[str, Any] = {"progress": False, "batch_size": 100, "part_rows": 250,
+                            "checkpoint_seconds": 0}  # fmt: skip
+    ref = run_replay(ReplayOptions(path, out=tmp_path / "ref", **opts), settings)
+    assert ref.dead_reasons == {"duplicate_event_id": n_copies - 5, "missing_field": 5}
+    redis.Redis.from_url(settings.redis_url).flushdb()
+
+    out = tmp_path / "out" if with_out else None
+    service = build_service(settings, sink=ReplaySink("dead-letter"), live=False)
+    real, calls = service.process_transactions, {"n": 0}
+
+    def interrupted(messages: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 4:  # after 300 rows: the originals (first 150) judged, no copy yet
+            raise KeyboardInterrupt
+        return real(messages)
+
+    service.process_transactions = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        replay_inprocess(ReplayOptions(path, out=out, **opts), settings, service=service)
+    result = run_replay(ReplayOptions(path, out=out, resume=True, **opts), settings)
+    assert result.resumed and result.complete
+    for field in ("sent", "valid", "dead", "dead_reasons", "decisions"):
+        assert getattr(result, field) == getattr(ref, field), field
+    if out is not None:
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "decisions.parquet"),
+                                      pd.read_parquet(tmp_path / "ref" / "decisions.parquet"))
